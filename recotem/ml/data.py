@@ -1,0 +1,251 @@
+"""Reading interaction logs into a DataFrame, with errors a person understands.
+
+Supported: CSV, TSV, Parquet and JSON lines, each optionally gzipped (`.gz`). Only the columns
+the project names are loaded, and ids are kept as strings whatever they look like, so `007`
+and `7` stay different users.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+TEXT_FORMATS = {".csv": ",", ".tsv": "\t"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+SUPPORTED = sorted([*TEXT_FORMATS, *JSONL_SUFFIXES, *PARQUET_SUFFIXES])
+_DELIMITERS = [",", "\t", ";", "|"]
+_DELIMITER_NAMES = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "pipes"}
+
+
+class InteractionDataError(ValueError):
+    """The file cannot be used as it is; the message says why and what was found."""
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    row_count: int
+    n_users: int
+    n_items: int
+    fingerprint: str
+
+
+def detect_format(name: str) -> tuple[str, bool]:
+    """Return (format suffix, gzipped) for a file name, or raise for unknown extensions."""
+    suffixes = [s.lower() for s in Path(name).suffixes]
+    gzipped = bool(suffixes) and suffixes[-1] == ".gz"
+    if gzipped:
+        suffixes = suffixes[:-1]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix not in SUPPORTED:
+        shown = suffix or "(none)"
+        raise InteractionDataError(
+            f"Unsupported file extension {shown!r} in {Path(name).name!r}. "
+            f"Use one of {', '.join(SUPPORTED)}, optionally followed by .gz."
+        )
+    return suffix, gzipped
+
+
+def _open_binary(path: str | Path, gzipped: bool) -> IO[bytes]:
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
+def _read_text_header(path: str | Path, gzipped: bool) -> str:
+    """First line of a text file, decoded; raises for empty or undecodable input."""
+    try:
+        with _open_binary(path, gzipped) as fh:
+            head = fh.read(64 * 1024)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InteractionDataError(f"The file could not be decompressed: {exc}.") from None
+    if not head.strip():
+        raise InteractionDataError("The file is empty.")
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the 64 KiB boundary is fine; anything earlier is not.
+        if exc.start < len(head) - 4:
+            raise InteractionDataError(
+                f"The file is not UTF-8 text (undecodable byte at position {exc.start}). "
+                "Save it as UTF-8 CSV, or upload Parquet."
+            ) from None
+        text = head[: exc.start].decode("utf-8-sig")
+    return text.splitlines()[0] if text.splitlines() else ""
+
+
+def _check_columns(found: Sequence[str], required: Sequence[str], *, delimiter: str | None) -> None:
+    missing = [c for c in required if c not in found]
+    if not missing:
+        return
+    message = (
+        f"Missing column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)}. "
+        f"Columns found: {', '.join(repr(c) for c in found) or '(none)'}."
+    )
+    if delimiter is not None and len(found) == 1:
+        for other in _DELIMITERS:
+            if other != delimiter and other in found[0]:
+                message += (
+                    f" The header looks separated by {_DELIMITER_NAMES[other]}, but this file type "
+                    f"expects {_DELIMITER_NAMES[delimiter]}."
+                )
+                break
+    raise InteractionDataError(message)
+
+
+def read_table(
+    path: str | Path,
+    *,
+    required_columns: Sequence[str],
+    optional_columns: Sequence[str] = (),
+    string_columns: Sequence[str] = (),
+    original_name: str | None = None,
+    all_columns: bool = False,
+) -> pd.DataFrame:
+    """Read `required_columns` (+ any `optional_columns` present) of a supported file.
+
+    `string_columns` are read as text. With `all_columns`, every column is loaded (item metadata).
+    """
+    suffix, gzipped = detect_format(original_name or str(path))
+    wanted = [*required_columns, *[c for c in optional_columns if c not in required_columns]]
+    try:
+        if suffix in TEXT_FORMATS:
+            delimiter = TEXT_FORMATS[suffix]
+            header_line = _read_text_header(path, gzipped)
+            found = next(csv.reader([header_line], delimiter=delimiter))
+            found = [c.strip() for c in found]
+            _check_columns(found, required_columns, delimiter=delimiter)
+            usecols = None if all_columns else [c for c in wanted if c in found]
+            df = pd.read_csv(
+                path,
+                sep=delimiter,
+                usecols=usecols,
+                dtype={c: str for c in string_columns if c in found},
+                compression="gzip" if gzipped else None,
+                encoding="utf-8-sig",
+                skipinitialspace=True,
+            )
+            df.columns = [str(c).strip() for c in df.columns]
+        elif suffix in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            with _open_binary(path, gzipped) as fh:
+                source: IO[bytes] = io.BytesIO(fh.read()) if gzipped else fh
+                try:
+                    parquet = pq.ParquetFile(source)
+                except Exception as exc:  # pyarrow raises ArrowInvalid for non-parquet bytes
+                    raise InteractionDataError(f"The file is not a valid Parquet file: {exc}.") from None
+                found = list(parquet.schema_arrow.names)
+                _check_columns(found, required_columns, delimiter=None)
+                columns = None if all_columns else [c for c in wanted if c in found]
+                df = parquet.read(columns=columns).to_pandas()
+        else:
+            _read_text_header(path, gzipped)  # empty / undecodable checks
+            try:
+                df = pd.read_json(path, lines=True, compression="gzip" if gzipped else None, dtype=False)
+            except ValueError as exc:
+                raise InteractionDataError(
+                    f"The file is not valid JSON lines (one JSON object per line): {exc}."
+                ) from None
+            _check_columns([str(c) for c in df.columns], required_columns, delimiter=None)
+            if not all_columns:
+                df = df[[c for c in wanted if c in df.columns]]
+    except InteractionDataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InteractionDataError(
+            f"The file is not UTF-8 text (undecodable byte at position {exc.start})."
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise InteractionDataError("The file is empty.") from None
+    except pd.errors.ParserError as exc:
+        raise InteractionDataError(f"The file could not be parsed: {exc}".rstrip(".") + ".") from None
+    except (OSError, EOFError) as exc:
+        raise InteractionDataError(f"The file could not be read: {exc}.") from None
+    if len(df) == 0:
+        raise InteractionDataError("The file has a header but no data rows.")
+    for column in string_columns:
+        if column in df.columns:
+            missing = df[column].isna()
+            cleaned = df[column].astype(str).str.strip().astype(object)
+            cleaned[missing.to_numpy()] = None
+            df[column] = cleaned
+    return df
+
+
+def read_interactions(
+    path: str | Path,
+    *,
+    user_column: str,
+    item_column: str,
+    time_column: str | None = None,
+    original_name: str | None = None,
+) -> pd.DataFrame:
+    """Read an interaction log: user and item ids as `str`, the time column parsed if given.
+
+    Rows with an empty user or item id are an error (they would silently vanish otherwise).
+    """
+    required = [user_column, item_column] + ([time_column] if time_column else [])
+    df = read_table(
+        path,
+        required_columns=required,
+        string_columns=[user_column, item_column],
+        original_name=original_name,
+    )
+    for column in (user_column, item_column):
+        empty = df[column].isna() | (df[column] == "")
+        if empty.any():
+            first = int(np.flatnonzero(empty.to_numpy())[0])
+            raise InteractionDataError(
+                f"Column {column!r} is empty in {int(empty.sum())} row(s) (first at data row {first + 1})."
+            )
+    if time_column:
+        df[time_column] = parse_time_column(df[time_column], time_column)
+    return df
+
+
+def parse_time_column(values: pd.Series, name: str) -> pd.Series:
+    """Numbers are unix seconds; anything else must parse as a date-time."""
+    if pd.api.types.is_numeric_dtype(values):
+        if values.isna().any():
+            raise InteractionDataError(f"Column {name!r} has empty values.")
+        return values
+    parsed = pd.to_datetime(values, errors="coerce", utc=True)
+    bad = parsed.isna()
+    if bad.any():
+        example = values[bad].iloc[0]
+        raise InteractionDataError(
+            f"Column {name!r} has {int(bad.sum())} value(s) that are not dates or unix times, "
+            f"e.g. {example!r}."
+        )
+    return (parsed.astype("int64") // 10**9).astype("int64")
+
+
+def fingerprint(df: pd.DataFrame, columns: Sequence[str]) -> str:
+    """A content hash of the interactions, independent of row order.
+
+    Equal content gives the same value even after re-sorting; changing, adding or removing a
+    single row changes it, even when the row count stays the same.
+    """
+    row_hashes = pd.util.hash_pandas_object(df[list(columns)].astype(str), index=False).to_numpy()
+    digest = hashlib.sha256()
+    digest.update(f"{len(df)}|{'|'.join(columns)}|".encode())
+    digest.update(np.sort(row_hashes).tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def summarize(df: pd.DataFrame, *, user_column: str, item_column: str, time_column: str | None) -> DataSummary:
+    columns = [user_column, item_column] + ([time_column] if time_column else [])
+    return DataSummary(
+        row_count=len(df),
+        n_users=int(df[user_column].nunique()),
+        n_items=int(df[item_column].nunique()),
+        fingerprint=fingerprint(df, columns),
+    )

@@ -1,0 +1,58 @@
+"""Evaluation settings and irspack ``Evaluator`` helpers returning plain floats.
+
+Plain ``dict[str, float]`` because the results go straight into JSON columns
+and Celery messages; numpy scalars do neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import scipy.sparse as sps
+from irspack import Evaluator
+from irspack.recommenders import BaseRecommender
+
+TargetMetric = Literal["ndcg", "map", "recall", "hit"]
+TARGET_METRICS: tuple[str, ...] = ("ndcg", "map", "recall", "hit")
+REPORTED_METRICS: tuple[str, ...] = ("ndcg", "map", "recall", "hit", "precision")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What tuning optimises: ``target_metric`` at ``cutoff``."""
+
+    cutoff: int = 10
+    target_metric: TargetMetric = "ndcg"
+
+    def validate(self) -> None:
+        if self.target_metric not in TARGET_METRICS:
+            raise ValueError(
+                f"unknown target metric {self.target_metric!r}; use one of {TARGET_METRICS}"
+            )
+        if not 1 <= self.cutoff <= 1000:
+            raise ValueError("cutoff must be between 1 and 1000")
+
+
+def make_evaluator(
+    ground_truth: sps.csr_matrix, *, offset: int, spec: EvalSpec, n_threads: int | None = None
+) -> Evaluator:
+    """An irspack Evaluator scoring rows ``offset..offset+len(ground_truth)``.
+
+    Items in the training rows are masked by irspack itself (it ranks with
+    ``get_score_remove_seen``), so seen items never count as hits.
+    """
+    spec.validate()
+    return Evaluator(
+        ground_truth,
+        offset=offset,
+        cutoff=spec.cutoff,
+        target_metric=spec.target_metric,
+        n_threads=n_threads,
+    )
+
+
+def metrics_of(evaluator: Evaluator, recommender: BaseRecommender) -> dict[str, float]:
+    """ndcg/map/recall/hit/precision at the evaluator's cutoff, as floats."""
+    raw = evaluator.get_score(recommender)
+    return {name: float(raw[name]) for name in REPORTED_METRICS}

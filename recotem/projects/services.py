@@ -1,0 +1,153 @@
+"""Writes for projects and their data. Uploads are validated before anything is stored."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+
+from recotem.core.exceptions import ApplicationError
+from recotem.ml.data import InteractionDataError, read_interactions, read_table, summarize
+from recotem.projects.models import ItemMetaData, Project, TrainingData
+
+
+class UploadTooLarge(ApplicationError):
+    def __init__(self, size: int) -> None:
+        limit = settings.RECOTEM_MAX_UPLOAD_MB
+        super().__init__(
+            f"The file is {size / 1024 / 1024:.1f} MB; the limit is {limit} MB "
+            "(RECOTEM_MAX_UPLOAD_MB).",
+            field="file",
+            status=413,
+        )
+
+
+@contextmanager
+def _local_path(upload: UploadedFile) -> Iterator[Path]:
+    """A filesystem path for the upload without copying it when Django already spooled it."""
+    if hasattr(upload, "temporary_file_path"):
+        yield Path(upload.temporary_file_path())
+        return
+    suffix = "".join(Path(upload.name or "").suffixes)
+    fd, name = tempfile.mkstemp(suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in upload.chunks():
+                fh.write(chunk)
+        yield Path(name)
+    finally:
+        os.unlink(name)
+
+
+def _check_size(upload: UploadedFile) -> None:
+    if upload.size is not None and upload.size > settings.RECOTEM_MAX_UPLOAD_MB * 1024 * 1024:
+        raise UploadTooLarge(upload.size)
+
+
+def training_data_create(*, project: Project, upload: UploadedFile) -> TrainingData:
+    """Validate an uploaded interaction file, then store it and its summary.
+
+    Steps: size check; parse only the project's columns (ids as strings); summarise (rows,
+    users, items, content fingerprint); store the original file through the storage API and
+    create the row in one transaction. On any failure nothing is left behind: the row is
+    rolled back and a stored file is deleted.
+    """
+    _check_size(upload)
+    name = os.path.basename(upload.name or "data.csv")
+    with _local_path(upload) as path:
+        try:
+            df = read_interactions(path, original_name=name, **project.columns)
+        except InteractionDataError as exc:
+            raise ApplicationError(str(exc), field="file") from None
+        summary = summarize(df, **project.columns)
+        del df
+        return _store(
+            TrainingData,
+            path=path,
+            name=name,
+            project=project,
+            original_name=name,
+            row_count=summary.row_count,
+            n_users=summary.n_users,
+            n_items=summary.n_items,
+            fingerprint=summary.fingerprint,
+        )
+
+
+def training_data_create_from_frame_file(
+    *, project: Project, path: Path, name: str, data_source_id: int | None = None
+) -> TrainingData:
+    """Store an already-written local file (a data source snapshot) as training data."""
+    df = read_interactions(path, original_name=name, **project.columns)
+    summary = summarize(df, **project.columns)
+    return _store(
+        TrainingData,
+        path=path,
+        name=name,
+        project=project,
+        original_name=name,
+        row_count=summary.row_count,
+        n_users=summary.n_users,
+        n_items=summary.n_items,
+        fingerprint=summary.fingerprint,
+        data_source_id=data_source_id,
+    )
+
+
+def item_meta_data_create(*, project: Project, upload: UploadedFile) -> ItemMetaData:
+    _check_size(upload)
+    name = os.path.basename(upload.name or "items.csv")
+    with _local_path(upload) as path:
+        try:
+            df = read_table(
+                path,
+                required_columns=[project.item_column],
+                string_columns=[project.item_column],
+                original_name=name,
+                all_columns=True,
+            )
+        except InteractionDataError as exc:
+            raise ApplicationError(str(exc), field="file") from None
+        return _store(
+            ItemMetaData,
+            path=path,
+            name=name,
+            project=project,
+            original_name=name,
+            row_count=len(df),
+            columns=[str(c) for c in df.columns],
+        )
+
+
+def _store(model: type, *, path: Path, name: str, **fields: object):  # type: ignore[no-untyped-def]
+    """Save the file and the row together; delete the file if the row cannot be committed."""
+    instance = model(filesize=path.stat().st_size, **fields)
+    with open(path, "rb") as fh:
+        instance.file.save(name, File(fh, name=name), save=False)
+    try:
+        with transaction.atomic():
+            instance.save()
+    except Exception:
+        instance.file.delete(save=False)
+        raise
+    return instance
+
+
+def project_delete(*, project: Project) -> None:
+    """Delete a project, its rows (cascade) and the files they point to."""
+    files = [td.file for td in project.training_data.all()] + [m.file for m in project.item_meta_data.all()]
+    files += [tm.file for tm in project.trained_models.all() if tm.file]
+    with transaction.atomic():
+        project.delete()
+    for f in files:
+        try:
+            f.storage.delete(f.name)
+        except OSError:
+            pass

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class SplitConfig(models.Model):
+    class Scheme(models.TextChoices):
+        RG = "RG", "Random per-user holdout"
+        TG = "TG", "Global time split"
+        TU = "TU", "Per-user latest interactions"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="split_configs")
+    name = models.CharField(max_length=256, blank=True, default="")
+    scheme = models.CharField(max_length=2, choices=Scheme.choices, default=Scheme.RG)
+    heldout_ratio = models.FloatField(default=0.1)
+    n_heldout = models.IntegerField(null=True, blank=True)
+    test_user_ratio = models.FloatField(default=0.1)
+    n_test_users = models.IntegerField(null=True, blank=True)
+    random_seed = models.IntegerField(default=42)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.scheme} split #{self.pk}"
+
+
+class EvaluationConfig(models.Model):
+    class Metric(models.TextChoices):
+        NDCG = "ndcg"
+        MAP = "map"
+        RECALL = "recall"
+        HIT = "hit"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="evaluation_configs")
+    name = models.CharField(max_length=256, blank=True, default="")
+    cutoff = models.IntegerField(default=10)
+    target_metric = models.CharField(max_length=8, choices=Metric.choices, default=Metric.NDCG)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.target_metric}@{self.cutoff}"
+
+
+class ModelConfiguration(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="model_configurations")
+    name = models.CharField(max_length=256)
+    recommender_class_name = models.CharField(max_length=128)
+    parameters_json = models.JSONField(default=dict)
+    tuning_job = models.ForeignKey(
+        "tuning.ParameterTuningJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="model_configuration_name_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class ParameterTuningJob(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="tuning_jobs")
+    data = models.ForeignKey("projects.TrainingData", on_delete=models.CASCADE, related_name="tuning_jobs")
+    split = models.ForeignKey(SplitConfig, on_delete=models.RESTRICT, related_name="tuning_jobs")
+    evaluation = models.ForeignKey(EvaluationConfig, on_delete=models.RESTRICT, related_name="tuning_jobs")
+    n_trials = models.IntegerField(default=40)
+    n_tasks_parallel = models.IntegerField(default=1)
+    timeout_overall = models.IntegerField(null=True, blank=True, help_text="Seconds.")
+    timeout_singlestep = models.IntegerField(null=True, blank=True, help_text="Seconds.")
+    random_seed = models.IntegerField(default=42)
+    tried_algorithms = models.JSONField(default=list)
+    train_after_tuning = models.BooleanField(default=True)
+    warm_start_config = models.ForeignKey(
+        ModelConfiguration, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    best_config = models.ForeignKey(
+        ModelConfiguration, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    best_score = models.FloatField(null=True, blank=True)
+    test_metrics = models.JSONField(default=dict, blank=True)
+    tuned_model = models.ForeignKey(
+        "training.TrainedModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    trials_done = models.IntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"Tuning job #{self.pk}"
+
+
+class TuningTrial(models.Model):
+    job = models.ForeignKey(ParameterTuningJob, on_delete=models.CASCADE, related_name="trials")
+    number = models.IntegerField()
+    algorithm = models.CharField(max_length=128)
+    params = models.JSONField(default=dict)
+    score = models.FloatField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True, help_text="Seconds.")
+    state = models.CharField(max_length=16)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "number"]
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="tuning_trial_unique")]

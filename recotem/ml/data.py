@@ -18,6 +18,9 @@ from typing import IO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 TEXT_FORMATS = {".csv": ",", ".tsv": "\t"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
@@ -117,22 +120,9 @@ def read_table(
     wanted = [*required_columns, *[c for c in optional_columns if c not in required_columns]]
     try:
         if suffix in TEXT_FORMATS:
-            delimiter = TEXT_FORMATS[suffix]
-            header_line = _read_text_header(path, gzipped)
-            found = next(csv.reader([header_line], delimiter=delimiter))
-            found = [c.strip() for c in found]
-            _check_columns(found, required_columns, delimiter=delimiter)
-            usecols = None if all_columns else [c for c in wanted if c in found]
-            df = pd.read_csv(
-                path,
-                sep=delimiter,
-                usecols=usecols,
-                dtype={c: str for c in string_columns if c in found},
-                compression="gzip" if gzipped else None,
-                encoding="utf-8-sig",
-                skipinitialspace=True,
+            df = _read_delimited(
+                path, gzipped, TEXT_FORMATS[suffix], required_columns, wanted, string_columns, all_columns
             )
-            df.columns = [str(c).strip() for c in df.columns]
         elif suffix in PARQUET_SUFFIXES:
             import pyarrow.parquet as pq
 
@@ -141,7 +131,9 @@ def read_table(
                 try:
                     parquet = pq.ParquetFile(source)
                 except Exception as exc:  # pyarrow raises ArrowInvalid for non-parquet bytes
-                    raise InteractionDataError(f"The file is not a valid Parquet file: {exc}.") from None
+                    raise InteractionDataError(
+                        f"The file is not a valid Parquet file: {exc}."
+                    ) from None
                 found = list(parquet.schema_arrow.names)
                 _check_columns(found, required_columns, delimiter=None)
                 columns = None if all_columns else [c for c in wanted if c in found]
@@ -149,7 +141,9 @@ def read_table(
         else:
             _read_text_header(path, gzipped)  # empty / undecodable checks
             try:
-                df = pd.read_json(path, lines=True, compression="gzip" if gzipped else None, dtype=False)
+                df = pd.read_json(
+                    path, lines=True, compression="gzip" if gzipped else None, dtype=False
+                )
             except ValueError as exc:
                 raise InteractionDataError(
                     f"The file is not valid JSON lines (one JSON object per line): {exc}."
@@ -166,18 +160,65 @@ def read_table(
     except pd.errors.EmptyDataError:
         raise InteractionDataError("The file is empty.") from None
     except pd.errors.ParserError as exc:
-        raise InteractionDataError(f"The file could not be parsed: {exc}".rstrip(".") + ".") from None
+        raise InteractionDataError(
+            f"The file could not be parsed: {exc}".rstrip(".") + "."
+        ) from None
     except (OSError, EOFError) as exc:
         raise InteractionDataError(f"The file could not be read: {exc}.") from None
     if len(df) == 0:
         raise InteractionDataError("The file has a header but no data rows.")
     for column in string_columns:
-        if column in df.columns:
-            missing = df[column].isna()
-            cleaned = df[column].astype(str).str.strip().astype(object)
-            cleaned[missing.to_numpy()] = None
-            df[column] = cleaned
+        if column in df.columns and not isinstance(df[column].dtype, pd.StringDtype):
+            df[column] = _clean_strings(pa.array(df[column].astype(object).where(df[column].notna(), None).map(
+                lambda v: v if v is None else str(v)), type=pa.string()))
     return df
+
+
+def _clean_strings(values: pa.Array | pa.ChunkedArray) -> pd.Series:
+    """Trimmed text ids in Arrow memory (a few bytes per id, not a Python object each)."""
+    return pd.Series(pc.utf8_trim_whitespace(values), dtype=pd.StringDtype("pyarrow"))
+
+
+def _read_delimited(
+    path: str | Path,
+    gzipped: bool,
+    delimiter: str,
+    required_columns: Sequence[str],
+    wanted: Sequence[str],
+    string_columns: Sequence[str],
+    all_columns: bool,
+) -> pd.DataFrame:
+    """CSV/TSV through pyarrow's streaming reader: only the wanted columns ever reach memory."""
+    header_line = _read_text_header(path, gzipped)
+    raw_names = next(csv.reader([header_line], delimiter=delimiter))
+    by_clean_name = {name.strip(): name for name in raw_names}
+    _check_columns(list(by_clean_name), required_columns, delimiter=delimiter)
+    clean_names = list(by_clean_name) if all_columns else [c for c in wanted if c in by_clean_name]
+    text_columns = [by_clean_name[c] for c in string_columns if c in by_clean_name]
+    try:
+        with pa.input_stream(str(path), compression="gzip" if gzipped else None) as stream:
+            table = pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 22),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[by_clean_name[c] for c in clean_names],
+                    column_types={c: pa.string() for c in text_columns},
+                    strings_can_be_null=True,
+                ),
+            )
+    except pa.ArrowInvalid as exc:
+        text = str(exc)
+        if "UTF8" in text or "UTF-8" in text:
+            raise InteractionDataError(
+                "The file is not UTF-8 text. Save it as UTF-8 CSV, or upload Parquet."
+            ) from None
+        raise InteractionDataError(f"The file could not be parsed: {text.rstrip('.')}.") from None
+    columns: dict[str, object] = {}
+    for clean, raw in zip(clean_names, [by_clean_name[c] for c in clean_names], strict=True):
+        column = table.column(raw)
+        columns[clean] = _clean_strings(column) if raw in text_columns else column.to_pandas()
+    return pd.DataFrame(columns)
 
 
 def read_interactions(
@@ -228,20 +269,39 @@ def parse_time_column(values: pd.Series, name: str) -> pd.Series:
     return (parsed.astype("int64") // 10**9).astype("int64")
 
 
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+
+
+def _value_hashes(values: pd.Series) -> np.ndarray:
+    """A 64-bit hash per value that depends only on the value's text (stable across processes)."""
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return pd.util.hash_array(values.to_numpy(dtype=np.int64))
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    unique_hashes = pd.util.hash_array(np.asarray(pd.Series(uniques).astype(str), dtype=object))
+    return unique_hashes[codes]
+
+
 def fingerprint(df: pd.DataFrame, columns: Sequence[str]) -> str:
     """A content hash of the interactions, independent of row order.
 
     Equal content gives the same value even after re-sorting; changing, adding or removing a
-    single row changes it, even when the row count stays the same.
+    single row changes it, even when the row count stays the same. Unique values are hashed
+    once and rows combined with numpy, so 4M rows take seconds and little memory.
     """
-    row_hashes = pd.util.hash_pandas_object(df[list(columns)].astype(str), index=False).to_numpy()
+    row_hashes = np.zeros(len(df), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for position, column in enumerate(columns):
+            mixed = _value_hashes(df[column]) * _MIX[position % len(_MIX)]
+            row_hashes = (row_hashes ^ mixed) * _MIX[(position + 1) % len(_MIX)]
     digest = hashlib.sha256()
     digest.update(f"{len(df)}|{'|'.join(columns)}|".encode())
     digest.update(np.sort(row_hashes).tobytes())
     return "sha256:" + digest.hexdigest()
 
 
-def summarize(df: pd.DataFrame, *, user_column: str, item_column: str, time_column: str | None) -> DataSummary:
+def summarize(
+    df: pd.DataFrame, *, user_column: str, item_column: str, time_column: str | None
+) -> DataSummary:
     columns = [user_column, item_column] + ([time_column] if time_column else [])
     return DataSummary(
         row_count=len(df),

@@ -32,7 +32,7 @@ test-sqlite: install
 	$(BIN)/pytest recotem
 
 test-postgres: install
-	DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest recotem -m "not browser" --ignore=recotem/ml --ignore=recotem/lib
+	DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest recotem -m "not browser and not integration" --ignore=recotem/ml --ignore=recotem/lib
 
 bench: install
 	$(BIN)/python bench/run.py

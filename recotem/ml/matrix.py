@@ -39,9 +39,7 @@ class InteractionMatrix:
         return int(self.X.shape[1])
 
 
-def encode_ids(
-    values: pd.Series, ids: list[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
+def encode_ids(values: pd.Series, ids: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Map a column to integer codes in sorted-string order.
 
     If ``ids`` is given it defines the order, and values not in it get -1.

@@ -35,9 +35,7 @@ def canonical_name(class_name: str) -> str:
         return class_name
     if class_name + _SUFFIX in names:
         return class_name + _SUFFIX
-    raise ValueError(
-        f"unknown recommender class {class_name!r}; available: {', '.join(names)}"
-    )
+    raise ValueError(f"unknown recommender class {class_name!r}; available: {', '.join(names)}")
 
 
 def recommender_class(class_name: str) -> type[BaseRecommender]:

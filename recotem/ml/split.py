@@ -142,7 +142,7 @@ def split_interactions(
     else:
         coded = coded.drop_duplicates(["u", "i"])
 
-    n_users, n_items = im.n_users, im.n_items
+    n_users = im.n_users
     if spec.scheme == "TG":
         role, heldout = _global_time_split(coded, spec, n_users)
     else:
@@ -171,7 +171,7 @@ def _n_users(ratio: float, n: int | None, n_all: int) -> int:
 
 def _userwise_split(
     coded: pd.DataFrame, spec: SplitSpec, n_users: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, pd.Series]:
     """RG/TU through irspack; returns per-user role (0 train, 1 val, 2 test) and
     a boolean "held out" flag per row of ``coded``."""
     n_val = _n_users(spec.effective_val_ratio, spec.n_val_users, n_users)
@@ -213,9 +213,8 @@ def _userwise_split(
         held_pairs.append(uids[held.row] * np.int64(len(col_codes) + 1) + col_codes[held.col])
     key = coded["u"].to_numpy() * np.int64(len(col_codes) + 1) + coded["i"].to_numpy()
     all_held = np.concatenate(held_pairs) if held_pairs else np.empty(0, dtype=np.int64)
-    heldout = np.isin(key, all_held)
-    # re-align with the caller's row order of ``coded``
-    return role, pd.Series(heldout, index=coded.index)
+    # indexed like the caller's ``coded``, which _assemble re-aligns on
+    return role, pd.Series(np.isin(key, all_held), index=coded.index)
 
 
 def _global_time_split(
@@ -225,7 +224,9 @@ def _global_time_split(
     them become validation or test users (split in the val:test proportion)."""
     order = coded.sort_values(["t", "u", "i"], kind="mergesort").index
     n_total = len(coded)
-    n_future = spec.n_heldout if spec.n_heldout is not None else math.ceil(n_total * spec.heldout_ratio)
+    n_future = (
+        spec.n_heldout if spec.n_heldout is not None else math.ceil(n_total * spec.heldout_ratio)
+    )
     n_future = min(max(n_future, 1), n_total - 1)
     heldout = pd.Series(False, index=coded.index)
     heldout.loc[order[n_total - n_future :]] = True

@@ -35,12 +35,16 @@ class EvalSpec:
 
 
 def make_evaluator(
-    ground_truth: sps.csr_matrix, *, offset: int, spec: EvalSpec, n_threads: int | None = None
+    ground_truth: sps.csr_matrix, *, offset: int, spec: EvalSpec, n_threads: int | None = 1
 ) -> Evaluator:
     """An irspack Evaluator scoring rows ``offset..offset+len(ground_truth)``.
 
     Items in the training rows are masked by irspack itself (it ranks with
     ``get_score_remove_seen``), so seen items never count as hits.
+
+    One thread by default: irspack sums per-user metrics per thread, so with several threads
+    the last digit of a score depends on scheduling and a fixed seed would not reproduce.
+    Scoring is cheap next to fitting, so this costs little.
     """
     spec.validate()
     return Evaluator(

@@ -426,7 +426,7 @@ class _Objective:
 
 def _evaluator(split: SplitData, eval_spec: EvalSpec, spec: TuningSpec) -> Evaluator:
     return make_evaluator(
-        split.val_truth, offset=split.val_offset, spec=eval_spec, n_threads=spec.n_threads
+        split.val_truth, offset=split.val_offset, spec=eval_spec
     )
 
 
@@ -621,7 +621,6 @@ def collect_study_result(
                     split.test_truth,
                     offset=split.test_offset,
                     spec=eval_spec,
-                    n_threads=spec.n_threads,
                 ),
                 rec,
             )

@@ -25,4 +25,10 @@ def process_status() -> dict[str, Any]:
     for kind in ("worker", "beat"):
         at = seen.get(kind)
         result[kind] = {"alive": bool(at and now - at < STALE_AFTER), "last_seen_at": at}
+    try:
+        from recotem.retraining.selectors import overdue_schedules
+    except ImportError:
+        return result
+    # Only a count: /ping/ is public, so it must not reveal whose schedules they are.
+    result["retraining"] = {"overdue_schedules": len(overdue_schedules(now=now))}
     return result

@@ -38,3 +38,15 @@ class SlotHistory(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+
+class RoutingVersion(models.Model):
+    """One row whose `version` is bumped whenever serving must change (slots, keys).
+
+    Every inference process polls it about once a second and reloads its routing table and key
+    cache when it moves; bumping it in the same transaction as the change means a process never
+    sees the new version before the new rows.
+    """
+
+    version = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField(auto_now=True)

@@ -37,6 +37,12 @@ class RetrainingSchedule(models.Model):
     time_limit_seconds = models.IntegerField(default=3600)
     notify_on_failure = models.BooleanField(default=False)
     webhook_url = models.URLField(max_length=2048, blank=True, default="")
+    webhook_secret = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="HMAC-SHA256 key of the Recotem-Signature header; generated on creation.",
+    )
+    # The fire time an overdue notice was last sent for, so each missed fire is notified once.
+    overdue_notified_for = models.DateTimeField(null=True, blank=True)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -106,6 +112,9 @@ class RetrainingRun(models.Model):
     retryable = models.BooleanField(default=True)
     notification = models.JSONField(default=dict, blank=True)
     celery_task_id = models.CharField(max_length=255, blank=True, default="")
+    worker = models.CharField(max_length=255, blank=True, default="", help_text="host:pid that ran it.")
+    # A retry waits until this time; the reaper re-sends PENDING runs whose message was lost.
+    not_before = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

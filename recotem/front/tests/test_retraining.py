@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.test import Client
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from recotem.projects.models import Project, TrainingData
+from recotem.retraining.models import RetrainingRun, RetrainingSchedule
+from recotem.tuning.models import ModelConfiguration
+
+LABELS = ("Cron Expression", "Training Data", "Model Configuration", "Retune", "Auto Deploy", "Enabled")
+
+
+def _config(project: Project) -> ModelConfiguration:
+    return ModelConfiguration.objects.create(project=project, name="toppop", recommender_class_name="TopPopRecommender")
+
+
+def _form(config: ModelConfiguration, **overrides: Any) -> dict[str, Any]:
+    data = {
+        "cron_expression": "0 2 * * 0", "timezone": "Europe/Berlin", "training_data": "",
+        "model_configuration": config.pk, "n_trials": 10, "gate_tolerance": 0.02, "max_retries": 3,
+        "is_enabled": "on",
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_it_labels_the_fields_as_the_guide_does(web: Client, project: Project) -> None:
+    body = web.get(f"/projects/{project.pk}/retraining/").content.decode()
+    for label in LABELS:
+        assert f">{label}</label>" in body or f"> {label}</label>" in body, label
+    assert 'id="cron-description"' in body and 'id="cron-next-runs"' in body
+    assert 'id="run-now" class="secondary" disabled' in body
+    assert '<option value="" selected>latest</option>' in body
+
+
+def test_it_previews_a_cron_expression(web: Client, project: Project) -> None:
+    response = web.get(f"/projects/{project.pk}/retraining/cron-preview/", {"cron_expression": "0 2 * * 0", "timezone": "Asia/Tokyo"})
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "At 02:00, only on Sunday" in body
+    assert body.count("<li>") == 5
+    assert body.count("02:00 JST") == 5 and body.count(">Sun ") == 5
+
+
+def test_it_explains_invalid_cron_inline_with_status_200(web: Client, project: Project) -> None:
+    for expr, needle in (("0 2 * *", "Expected 5 fields"), ("61 * * * *", "out of range"), ("0 0 1 * 1", "both restricted")):
+        response = web.get(f"/projects/{project.pk}/retraining/cron-preview/", {"cron_expression": expr})
+        assert response.status_code == 200
+        assert needle in response.content.decode(), expr
+    response = web.get(f"/projects/{project.pk}/retraining/cron-preview/", {"cron_expression": "0 2 * * *", "timezone": "Mars/Base"})
+    assert response.status_code == 200 and "Unknown time zone" in response.content.decode()
+
+
+def test_it_saves_a_schedule_and_syncs_beat(web: Client, project: Project) -> None:
+    config = _config(project)
+    response = web.post(f"/projects/{project.pk}/retraining/", _form(config))
+    assert response.status_code == 302
+    schedule = RetrainingSchedule.objects.get(project=project)
+    assert schedule.training_data is None and schedule.timezone == "Europe/Berlin"
+    task = PeriodicTask.objects.get(name=f"recotem-retrain-{schedule.pk}")
+    assert task.enabled and str(task.crontab.timezone) == "Europe/Berlin"
+    body = web.get(f"/projects/{project.pk}/retraining/").content.decode()
+    assert 'disabled title="Save the schedule first"' not in body and 'id="run-now"' in body
+
+
+def test_it_requires_a_configuration_unless_retune(web: Client, project: Project) -> None:
+    config = _config(project)
+    response = web.post(f"/projects/{project.pk}/retraining/", _form(config, model_configuration=""))
+    assert response.status_code == 400
+    assert "Choose a model configuration, or turn on Retune." in response.content.decode()
+    response = web.post(f"/projects/{project.pk}/retraining/", _form(config, model_configuration="", retune="on"))
+    assert "Choose a split config to retune with." in response.content.decode()
+    assert not RetrainingSchedule.objects.exists()
+
+
+def test_it_rejects_bad_cron_and_foreign_ids_without_500(web: Client, project: Project, bob: Any) -> None:
+    config = _config(project)
+    other = Project.objects.create(owner=bob, name="b", user_column="u", item_column="i")
+    foreign = _config(other)
+    cases = [
+        _form(config, cron_expression="* * *"),
+        _form(config, model_configuration=foreign.pk),
+        _form(config, timezone="Nowhere"),
+        _form(config, n_trials="abc"),
+        _form(config, webhook_url="http://127.0.0.1:8000/api/v1/"),
+    ]
+    for data in cases:
+        response = web.post(f"/projects/{project.pk}/retraining/", data)
+        assert response.status_code == 400, data
+    assert not RetrainingSchedule.objects.exists()
+
+
+def test_it_runs_now_and_refuses_a_second_active_run(web: Client, project: Project, data: TrainingData) -> None:
+    config = _config(project)
+    web.post(f"/projects/{project.pk}/retraining/", _form(config))
+    response = web.post(f"/projects/{project.pk}/retraining/run-now/", follow=True)
+    run = RetrainingRun.objects.get()
+    assert run.trigger == "manual" and run.status == "PENDING"
+    assert f"Run #{run.pk} queued." in response.content.decode()
+    response = web.post(f"/projects/{project.pk}/retraining/run-now/", follow=True)
+    assert "is still active" in response.content.decode()
+    fragment = web.get(f"/projects/{project.pk}/retraining/runs/").content.decode()
+    assert 'hx-trigger="every 2s"' in fragment and "badge-PENDING" in fragment
+
+
+def test_it_shows_runs_with_gate_scores_and_a_metric_chart(web: Client, project: Project) -> None:
+    config = _config(project)
+    web.post(f"/projects/{project.pk}/retraining/", _form(config))
+    schedule = RetrainingSchedule.objects.get()
+    now = timezone.now()
+    RetrainingRun.objects.create(
+        schedule=schedule, trigger="schedule", status="COMPLETED", started_at=now - timedelta(seconds=90), completed_at=now,
+        metrics={"ndcg@10": 0.31, "gate_score": 0.31, "gate_metric": "ndcg@10"},
+        incumbent_metrics={"gate_score": 0.29}, gate_decision="deployed",
+    )
+    RetrainingRun.objects.create(schedule=schedule, trigger="schedule", status="SKIPPED", skip_reason="No new data since run #1.")
+    body = web.get(f"/projects/{project.pk}/retraining/").content.decode()
+    assert "badge-COMPLETED" in body and "badge-SKIPPED" in body
+    assert "No new data since run #1." in body
+    assert "new 0.3100 vs 0.2900 incumbent" in body
+    assert "90.0 s" in body
+    assert 'id="metric-chart"' in body and "/vendor/plotly.min.js" in body
+    assert 'hx-trigger="every 2s"' not in body
+
+
+def test_it_pages_1000_runs_under_300ms(web: Client, project: Project) -> None:
+    config = _config(project)
+    web.post(f"/projects/{project.pk}/retraining/", _form(config))
+    schedule = RetrainingSchedule.objects.get()
+    now = timezone.now()
+    RetrainingRun.objects.bulk_create(
+        RetrainingRun(schedule=schedule, trigger="schedule", status="COMPLETED", started_at=now, completed_at=now,
+                      metrics={"ndcg@10": 0.3 + i / 10000})
+        for i in range(1000)
+    )
+    web.get(f"/projects/{project.pk}/retraining/")  # warm imports (plotly) once
+    for url in ("retraining/", "retraining/runs/?page=7", "", "retraining/runs/?page=999"):
+        start = time.perf_counter()
+        response = web.get(f"/projects/{project.pk}/{url}")
+        elapsed = time.perf_counter() - start
+        assert response.status_code == 200
+        assert elapsed < 0.3, (url, elapsed)
+    body = web.get(f"/projects/{project.pk}/retraining/").content.decode()
+    assert body.count("data-run-id=") == 20 and "Page 1 of 50" in body

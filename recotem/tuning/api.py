@@ -1,0 +1,229 @@
+"""REST resources: split_config, evaluation_config, model_configuration, parameter_tuning_job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from recotem.core.api import OwnedModelViewSet, OwnedPrimaryKeyRelatedField, SameProjectMixin
+from recotem.projects.models import Project, TrainingData
+from recotem.tuning import services
+from recotem.tuning.models import (
+    EvaluationConfig,
+    ModelConfiguration,
+    ParameterTuningJob,
+    SplitConfig,
+    TuningTrial,
+)
+
+
+def _project_field() -> OwnedPrimaryKeyRelatedField:
+    return OwnedPrimaryKeyRelatedField(queryset=Project.objects.all(), project_path="")
+
+
+class SplitConfigSerializer(serializers.ModelSerializer):
+    project = _project_field()
+    heldout_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    n_heldout = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    test_user_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    n_test_users = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+    class Meta:
+        model = SplitConfig
+        fields = ["id", "project", "name", "scheme", "heldout_ratio", "n_heldout", "test_user_ratio",
+                  "n_test_users", "random_seed", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        merged = SplitConfig(**{
+            f: attrs.get(f, getattr(self.instance, f, SplitConfig._meta.get_field(f).get_default()))
+            for f in ("scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users", "random_seed")
+        })
+        if not 0.0 < merged.heldout_ratio < 1.0:
+            raise serializers.ValidationError({"heldout_ratio": ["Must be strictly between 0 and 1."]})
+        if merged.test_user_ratio <= 0.0 or merged.test_user_ratio > 0.5:
+            raise serializers.ValidationError({"test_user_ratio": [
+                "Must be above 0 and at most 0.5: this share of users is used for validation "
+                "and the same share for the final test."]})
+        try:
+            services.split_spec_of(merged).validate()
+        except ValueError as exc:
+            raise serializers.ValidationError({"non_field_errors": [str(exc)]}) from None
+        project = attrs.get("project") or getattr(self.instance, "project", None)
+        if merged.scheme in ("TG", "TU") and project is not None and not project.time_column:
+            raise serializers.ValidationError({"scheme": [
+                f"Scheme {merged.scheme} orders interactions by time, but project "
+                f"{project.name!r} has no time column; use RG or set the project's time_column."]})
+        return attrs
+
+
+class EvaluationConfigSerializer(serializers.ModelSerializer):
+    project = _project_field()
+    cutoff = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+
+    class Meta:
+        model = EvaluationConfig
+        fields = ["id", "project", "name", "cutoff", "target_metric", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class ModelConfigurationSerializer(serializers.ModelSerializer):
+    project = _project_field()
+    parameters_json = serializers.JSONField(required=False)
+
+    class Meta:
+        model = ModelConfiguration
+        fields = ["id", "project", "name", "recommender_class_name", "parameters_json", "tuning_job",
+                  "created_at"]
+        read_only_fields = ["id", "tuning_job", "created_at"]
+        validators: list[Any] = []  # the (project, name) clash gets its own message below
+
+    def validate_recommender_class_name(self, value: str) -> str:
+        from recotem.ml.registry import canonical_name
+
+        try:
+            return canonical_name(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        from recotem.ml.registry import validate_parameters
+
+        project = attrs.get("project") or getattr(self.instance, "project", None)
+        name = attrs.get("name", getattr(self.instance, "name", None))
+        clash = ModelConfiguration.objects.filter(project=project, name=name)
+        if self.instance is not None:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise serializers.ValidationError({"name": ["This project already has a configuration with this name."]})
+        class_name = attrs.get("recommender_class_name", getattr(self.instance, "recommender_class_name", ""))
+        params = attrs.get("parameters_json", getattr(self.instance, "parameters_json", {}))
+        if not isinstance(params, dict):
+            raise serializers.ValidationError({"parameters_json": ["Must be a JSON object."]})
+        try:
+            attrs["parameters_json"] = validate_parameters(class_name, params)
+        except ValueError as exc:
+            raise serializers.ValidationError({"parameters_json": [str(exc)]}) from None
+        return attrs
+
+
+class SplitConfigViewSet(OwnedModelViewSet):
+    queryset = SplitConfig.objects.select_related("project")
+    serializer_class = SplitConfigSerializer
+
+
+class EvaluationConfigViewSet(OwnedModelViewSet):
+    queryset = EvaluationConfig.objects.select_related("project")
+    serializer_class = EvaluationConfigSerializer
+
+
+class ModelConfigurationViewSet(OwnedModelViewSet):
+    queryset = ModelConfiguration.objects.select_related("project")
+    serializer_class = ModelConfigurationSerializer
+    filterset_fields = ("project", "tuning_job", "recommender_class_name")
+
+    @action(detail=False, methods=["get"])
+    def recommenders(self, request: Request) -> Response:
+        """The irspack recommender classes installed here (valid `recommender_class_name`s)."""
+        from recotem.ml.registry import available_recommenders
+
+        return Response({"recommenders": available_recommenders()})
+
+
+# --- tuning jobs ------------------------------------------------------------------------------
+
+
+class TuningTrialSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TuningTrial
+        fields = ["number", "algorithm", "params", "score", "duration", "state", "created_at"]
+
+
+class ParameterTuningJobSerializer(SameProjectMixin, serializers.ModelSerializer):
+    same_project_fields = ("data", "split", "evaluation", "warm_start_config")
+
+    project = OwnedPrimaryKeyRelatedField(queryset=Project.objects.all(), project_path="", required=False)
+    data = OwnedPrimaryKeyRelatedField(queryset=TrainingData.objects.all())
+    split = OwnedPrimaryKeyRelatedField(queryset=SplitConfig.objects.all())
+    evaluation = OwnedPrimaryKeyRelatedField(queryset=EvaluationConfig.objects.all())
+    warm_start_config = OwnedPrimaryKeyRelatedField(
+        queryset=ModelConfiguration.objects.all(), required=False, allow_null=True
+    )
+    n_trials = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
+    n_tasks_parallel = serializers.IntegerField(required=False, min_value=1,
+                                                max_value=services.MAX_TASKS_PARALLEL)
+    timeout_overall = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    timeout_singlestep = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    tried_algorithms = serializers.ListField(child=serializers.CharField(), required=False)
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ParameterTuningJob
+        fields = [
+            "id", "project", "data", "split", "evaluation", "n_trials", "n_tasks_parallel",
+            "timeout_overall", "timeout_singlestep", "random_seed", "tried_algorithms",
+            "train_after_tuning", "warm_start_config", "status", "best_config", "best_score",
+            "test_metrics", "tuned_model", "trials_done", "progress", "error", "started_at",
+            "completed_at", "created_at",
+        ]
+        read_only_fields = [
+            "id", "status", "best_config", "best_score", "test_metrics", "tuned_model",
+            "trials_done", "error", "started_at", "completed_at", "created_at",
+        ]
+
+    def get_progress(self, job: ParameterTuningJob) -> dict[str, Any]:
+        return {"trials_done": job.trials_done, "trials_total": job.n_trials, "best_score": job.best_score}
+
+    def validate_tried_algorithms(self, value: list[str]) -> list[str]:
+        from recotem.core.exceptions import ApplicationError
+
+        try:
+            return services.check_algorithms(value)
+        except ApplicationError as exc:
+            raise serializers.ValidationError(exc.message) from None
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "project" not in attrs and attrs.get("data") is not None:
+            attrs["project"] = attrs["data"].project
+        return super().validate(attrs)
+
+
+class ParameterTuningJobDetailSerializer(ParameterTuningJobSerializer):
+    trials = TuningTrialSerializer(many=True, read_only=True)
+
+    class Meta(ParameterTuningJobSerializer.Meta):
+        fields = [*ParameterTuningJobSerializer.Meta.fields, "trials"]
+
+
+class ParameterTuningJobViewSet(OwnedModelViewSet):
+    queryset = ParameterTuningJob.objects.select_related("project")
+    serializer_class = ParameterTuningJobSerializer
+    filterset_fields = ("project", "status", "data")
+    http_method_names = ["get", "post", "delete", "head", "options"]
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        if self.action == "retrieve":
+            queryset = queryset.prefetch_related("trials")
+        return queryset
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        if self.action == "retrieve":
+            return ParameterTuningJobDetailSerializer
+        return ParameterTuningJobSerializer
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        job = services.tuning_job_create(**serializer.validated_data)
+        return Response(self.get_serializer(job).data, status=status.HTTP_201_CREATED)
+
+    @action(detail=True, methods=["get"])
+    def trials(self, request: Request, pk: str | None = None) -> Response:
+        """Per-trial rows of the job (algorithm, params, validation score, seconds, state)."""
+        job = self.get_object()
+        return Response(TuningTrialSerializer(job.trials.all(), many=True).data)

@@ -1,0 +1,265 @@
+"""End to end with real processes: a live web server, real Celery workers, a real broker.
+
+Embedded default (SQLite + SQLAlchemy broker), and PostgreSQL + Redis (required in CI through
+RECOTEM_REQUIRE_SERVICES=1), including two workers sharing one study.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from conftest import ML100K, REPO_ROOT, require
+
+pytestmark = pytest.mark.integration
+
+# Each test builds its own stack (fresh data dir; a fresh PostgreSQL database where needed), so
+# integration tests ignore the outer DATABASE_URL and run once, in `make test-sqlite`.
+
+PG_ADMIN_URL = os.environ.get("RECOTEM_IT_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RECOTEM_IT_REDIS_URL", "redis://127.0.0.1:6379/11")
+PASSWORD = "admin-password-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    base: str
+    data_dir: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    client: httpx.Client | None = None
+
+    def api(self) -> httpx.Client:
+        assert self.client is not None
+        return self.client
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted(self.data_dir.glob("*.log")):
+            out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+
+def _start(stack: Stack, name: str, cmd: list[str]) -> None:
+    log = open(stack.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+    stack.procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=stack.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True))
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Any]:
+    stacks: list[Stack] = []
+
+    def make(*, database_url: str | None = None, broker_url: str | None = None, workers: int = 1) -> Stack:
+        data_dir = tmp_path / f"stack{len(stacks)}"
+        data_dir.mkdir()
+        env = {k: v for k, v in os.environ.items()
+               if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "RECOTEM_TEST_DATABASE_NAME",
+                            "RECOTEM_TASKS_EAGER", "DJANGO_SETTINGS_MODULE"}}
+        env.update(RECOTEM_DATA_DIR=str(data_dir), SECRET_KEY=secrets.token_urlsafe(40),
+                   RECOTEM_ADMIN_USERNAME="admin", RECOTEM_ADMIN_PASSWORD=PASSWORD,
+                   DJANGO_SETTINGS_MODULE="recotem.settings", PYTHONUNBUFFERED="1")
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        if broker_url:
+            env["CELERY_BROKER_URL"] = broker_url
+        port = _free_port()
+        stack = Stack(base=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env)
+        stacks.append(stack)
+        subprocess.run([sys.executable, "-m", "recotem.cli", "migrate"], cwd=REPO_ROOT, env=env, check=True,
+                       capture_output=True)
+        _start(stack, "web", [sys.executable, "-m", "recotem.cli", "web", "--host", "127.0.0.1",
+                              "--port", str(port)])
+        for i in range(workers):
+            _start(stack, f"worker{i}", [sys.executable, "-m", "celery", "-A", "recotem", "worker", "-l", "INFO",
+                                         "-c", "1", "-Q", "celery,tuning,retraining", "-n", f"w{i}@%h",
+                                         "--without-gossip", "--without-mingle", "--without-heartbeat"])
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{stack.base}/api/v1/ping/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, stack.logs()
+            time.sleep(0.3)
+        login = httpx.post(f"{stack.base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        stack.client = httpx.Client(base_url=f"{stack.base}/api/v1", timeout=60,
+                                    headers={"Authorization": f"Bearer {login.json()['access']}"})
+        return stack
+
+    yield make
+    for stack in stacks:
+        for proc in stack.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in stack.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if stack.client is not None:
+            stack.client.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        require(False, f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
+        raise
+    name = f"recotem_it_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+    except redis.RedisError as exc:
+        require(False, f"Redis unreachable at {REDIS_URL}: {exc}")
+    client.flushdb()  # our own db number: leftovers of an earlier run must not be consumed
+    return REDIS_URL
+
+
+def _wait(client: httpx.Client, url: str, stack: Stack, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    seen_progress: set[int] = set()
+    while True:
+        body = client.get(url).json()
+        if "progress" in body:
+            seen_progress.add(body["progress"]["trials_done"])
+        if body["status"] in ("COMPLETED", "FAILED"):
+            body["_seen_progress"] = sorted(seen_progress)
+            return body
+        assert time.time() < deadline, f"still {body['status']} after {timeout}s\n{stack.logs()}"
+        time.sleep(0.5)
+
+
+def _prepare(client: httpx.Client) -> dict[str, int]:
+    require(ML100K.exists(), f"MovieLens-100k not found at {ML100K}")
+    project = client.post("/project/", json={"name": "ml100k", "user_column": "user_id", "item_column": "item_id",
+                                             "time_column": "timestamp"}).json()
+    df = pd.read_csv(ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"])
+    data = client.post("/training_data/", data={"project": project["id"]},
+                       files={"file": ("ml100k.csv", df.to_csv(index=False).encode())})
+    assert data.status_code == 201, data.text
+    split = client.post("/split_config/", json={"project": project["id"], "scheme": "RG"}).json()
+    evaluation = client.post("/evaluation_config/", json={"project": project["id"], "cutoff": 10,
+                                                          "target_metric": "ndcg"}).json()
+    return {"project": project["id"], "data": data.json()["id"], "split": split["id"], "evaluation": evaluation["id"]}
+
+
+def _check_tuning_and_serving(stack: Stack, n_tasks_parallel: int = 1) -> dict[str, Any]:
+    client = stack.api()
+    ids = _prepare(client)
+    r = client.post("/parameter_tuning_job/", json={
+        "data": ids["data"], "split": ids["split"], "evaluation": ids["evaluation"], "n_trials": 6,
+        "n_tasks_parallel": n_tasks_parallel,
+    })
+    assert r.status_code == 201, r.text
+    job = _wait(client, f"/parameter_tuning_job/{r.json()['id']}/", stack)
+    assert job["status"] == "COMPLETED", f"{job['error']}\n{stack.logs()}"
+    assert job["progress"] == {"trials_done": 6, "trials_total": 6, "best_score": job["best_score"]}
+    assert 0.0 < job["best_score"] <= 1.0
+    assert set(job["test_metrics"]) >= {"ndcg", "map", "recall", "hit"} and job["test_metrics"]["ndcg"] > 0.1
+    trials = client.get(f"/parameter_tuning_job/{job['id']}/trials/").json()
+    assert len(trials) == 6 and {t["algorithm"] for t in trials} >= {"TopPopRecommender", "IALSRecommender"}
+    assert max(t["score"] or 0 for t in trials) == pytest.approx(job["best_score"])
+    config = client.get(f"/model_configuration/{job['best_config']}/").json()
+    assert config["tuning_job"] == job["id"]
+    model = client.get(f"/trained_model/{job['tuned_model']}/").json()
+    assert model["status"] == "COMPLETED" and model["configuration"] == job["best_config"]
+    assert model["test_metrics"] == job["test_metrics"] and model["filesize"] > 0
+
+    rec = client.get(f"/trained_model/{model['id']}/sample_recommendation/", params={"user_id": "1", "cutoff": 10})
+    assert rec.status_code == 200, rec.text
+    df = pd.read_csv(ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"], dtype=str)
+    rated = set(df[df.user_id == "1"].item_id)
+    items = [i["item_id"] for i in rec.json()["items"]]
+    assert rec.json()["user_id"] == "1" and len(items) == len(set(items)) == 10
+    assert not set(items) & rated
+    assert client.get(f"/trained_model/{model['id']}/sample_recommendation/",
+                      params={"user_id": "no-such-user"}).status_code == 404
+    download = client.get(f"/trained_model/{model['id']}/download/")
+    assert download.status_code == 200 and len(download.content) == model["filesize"]
+    assert download.content.startswith(b"RCTMMDL")
+    logs = client.get("/task_log/", params={"tuning_job": job["id"]}).json()
+    assert logs["count"] >= 2
+    return {"ids": ids, "job": job, "model": model, "logs": logs}
+
+
+def _check_manual_training_and_tampering(stack: Stack, ids: dict[str, int], config_id: int) -> None:
+    client = stack.api()
+    r = client.post("/trained_model/", json={"configuration": config_id, "data_loc": ids["data"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "PENDING" and r.json()["project"] == ids["project"]
+    model = _wait(client, f"/trained_model/{r.json()['id']}/", stack)
+    assert model["status"] == "COMPLETED", f"{model['error']}\n{stack.logs()}"
+    assert set(model["test_metrics"]) >= {"ndcg"} and model["irspack_version"] == "0.5.2"
+    # Flip one byte of the stored artifact before the web process ever loaded it.
+    stored = next((stack.data_dir / "media").rglob(f"model-{model['id']}*"))
+    payload = bytearray(stored.read_bytes())
+    payload[len(payload) // 2] ^= 0x01
+    stored.write_bytes(bytes(payload))
+    refused = client.get(f"/trained_model/{model['id']}/sample_recommendation/", params={"user_id": "1"})
+    assert refused.status_code == 409, refused.text
+    assert "signature" in refused.json()["file"][0]
+
+
+def test_it_tunes_trains_and_serves_on_the_embedded_default(stack_factory: Any) -> None:
+    stack = stack_factory()
+    result = _check_tuning_and_serving(stack)
+    assert (stack.data_dir / "db.sqlite3").exists() and (stack.data_dir / "broker.sqlite3").exists()
+    _check_manual_training_and_tampering(stack, result["ids"], result["job"]["best_config"])
+
+
+def test_it_tunes_trains_and_serves_on_postgres_and_redis(
+    stack_factory: Any, postgres_url: str, redis_url: str
+) -> None:
+    stack = stack_factory(database_url=postgres_url, broker_url=redis_url)
+    result = _check_tuning_and_serving(stack)
+    _check_manual_training_and_tampering(stack, result["ids"], result["job"]["best_config"])
+
+
+def test_it_shares_one_study_between_two_workers_on_postgres(
+    stack_factory: Any, postgres_url: str, redis_url: str
+) -> None:
+    stack = stack_factory(database_url=postgres_url, broker_url=redis_url, workers=2)
+    result = _check_tuning_and_serving(stack, n_tasks_parallel=2)
+    finished = [entry["contents"] for entry in result["logs"]["results"]
+                if entry["contents"].startswith("Tuning task ")]
+    pids = {text.split("pid ")[1].split(")")[0] for text in finished}
+    assert len(finished) == 2 and len(pids) == 2, finished

@@ -51,9 +51,9 @@ def slot_create(
     _check_weight(weight)
     if DeploymentSlot.objects.filter(project=project, name=name).exists():
         raise ApplicationError("A slot with this name already exists in the project.", field="name")
-    slot = DeploymentSlot.objects.create(
-        project=project, name=name, trained_model=trained_model, weight=weight, is_active=is_active
-    )
+    slot = DeploymentSlot(project=project, name=name, trained_model=trained_model, weight=weight, is_active=is_active)
+    slot._history_recorded = True  # type: ignore[attr-defined]  # recorded below, with changed_by
+    slot.save()
     SlotHistory.objects.create(slot=slot, trained_model=trained_model, previous_model=None, changed_by=changed_by)
     return slot  # post_save bumps the routing version
 
@@ -67,6 +67,7 @@ def slot_set_model(*, slot: DeploymentSlot, trained_model: TrainedModel, changed
         return slot
     previous_id = slot.trained_model_id
     slot.trained_model = trained_model
+    slot._history_recorded = True  # type: ignore[attr-defined]  # recorded below, with changed_by
     slot.save(update_fields=["trained_model", "updated_at"])
     SlotHistory.objects.create(
         slot=slot, trained_model=trained_model, previous_model_id=previous_id, changed_by=changed_by

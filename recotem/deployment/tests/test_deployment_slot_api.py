@@ -138,3 +138,19 @@ def test_it_lets_keys_read_and_write_slots_of_their_project_only(
     client.credentials(HTTP_X_API_KEY=write_raw)
     assert client.patch(f"{URL}{slot.id}/", {"weight": 1}).status_code == 200
     assert DeploymentSlot.objects.get(pk=slot.id).weight == 1
+
+
+def test_it_records_history_for_admin_edits_so_rollback_works(project: Project, model: Any) -> None:
+    newer = completed_model(project)
+    slot = DeploymentSlot.objects.create(project=project, name="admin-made", trained_model=model)
+    slot.trained_model = newer
+    slot.save()  # as the admin change form does
+    slot.weight = 10
+    slot.save()  # no model change: no history entry
+    assert [(h.trained_model_id, h.previous_model_id, h.changed_by) for h in slot.history.order_by("id")] == [
+        (model.id, None, "admin"), (newer.id, model.id, "admin"),
+    ]
+    from recotem.deployment.services import slot_rollback
+
+    assert slot_rollback(slot=slot).trained_model_id == model.id
+    assert slot.history.count() == 3

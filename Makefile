@@ -35,6 +35,7 @@ test-postgres: install
 	DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest recotem -m "not browser and not integration" --ignore=recotem/ml --ignore=recotem/lib
 
 bench: install
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python bench/run.py
 
 clean:

@@ -129,6 +129,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = None  # upload size is checked per file against th
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads stream to a temp file
 FILE_UPLOAD_TEMP_DIR = None
 RECOTEM_KEEP_MODELS = config.env_int("RECOTEM_KEEP_MODELS", 10)
+# Retraining safety: a RUNNING run whose heartbeat is older than RECOTEM_RUN_STALE_SECONDS is
+# declared "worker lost" by the reaper, which runs every RECOTEM_REAPER_SECONDS.
+RECOTEM_RUN_HEARTBEAT_SECONDS = config.env_int("RECOTEM_RUN_HEARTBEAT_SECONDS", 10)
+RECOTEM_RUN_STALE_SECONDS = config.env_int("RECOTEM_RUN_STALE_SECONDS", 60)
+RECOTEM_REAPER_SECONDS = config.env_int("RECOTEM_REAPER_SECONDS", 30)
+RECOTEM_PENDING_RESEND_SECONDS = config.env_int("RECOTEM_PENDING_RESEND_SECONDS", 600)
 RECOTEM_ALLOWED_SOURCE_HOSTS = [
     h.strip() for h in os.environ.get("RECOTEM_ALLOWED_SOURCE_HOSTS", "").split(",") if h.strip()
 ]

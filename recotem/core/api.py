@@ -78,3 +78,10 @@ class OwnedModelViewSet(viewsets.ModelViewSet):
 
     def get_queryset(self) -> QuerySet[Any]:
         return owned_queryset(self.request, super().get_queryset(), self.project_path)
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        # Objects never move between projects: what references them would end up cross-project.
+        new_project = serializer.validated_data.get("project")
+        if new_project is not None and new_project.pk != getattr(serializer.instance, "project_id", new_project.pk):
+            raise serializers.ValidationError({"project": ["An object cannot be moved to another project."]})
+        super().perform_update(serializer)

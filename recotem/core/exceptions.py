@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -32,6 +33,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, ProtectedError | RestrictedError):
+        used_by = sorted({type(obj)._meta.verbose_name for obj in exc.args[1]}) if len(exc.args) > 1 else []
+        detail = "It is still in use" + (f" by: {', '.join(used_by)}" if used_by else "") + "."
+        return Response({"detail": f"This object cannot be deleted. {detail}"}, status=409)
     elif isinstance(exc, ApplicationError):
         return Response({exc.field: [exc.message]}, status=exc.status)
     response = drf_exception_handler(exc, context)

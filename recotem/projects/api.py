@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from recotem.accounts.models import ApiKey
 from recotem.core.api import OwnedModelViewSet, OwnedPrimaryKeyRelatedField
+from recotem.core.files import local_file
 from recotem.ml.data import InteractionDataError, read_table
 from recotem.projects import services
 from recotem.projects.models import ItemMetaData, Project, TrainingData
@@ -38,6 +39,12 @@ class ProjectSerializer(serializers.ModelSerializer):
         time_column = attrs.get("time_column", getattr(self.instance, "time_column", ""))
         if time_column and time_column in (user_column, item_column):
             raise serializers.ValidationError({"time_column": ["Must differ from the user and item columns."]})
+        if self.instance is not None and self.instance.training_data.exists():
+            for column in ("user_column", "item_column", "time_column"):
+                if column in attrs and attrs[column] != getattr(self.instance, column):
+                    raise serializers.ValidationError(
+                        {column: ["Columns cannot change once training data is uploaded; create a new project."]}
+                    )
         return attrs
 
 
@@ -86,14 +93,15 @@ class ItemMetaDataSerializer(_UploadSerializer):
 def _preview(instance: TrainingData | ItemMetaData, n: int) -> dict[str, Any]:
     project = instance.project
     try:
-        df = read_table(
-            instance.file.path,
-            required_columns=[],
-            string_columns=[project.user_column, project.item_column],
-            original_name=instance.original_name,
-            all_columns=True,
-        )
-    except (InteractionDataError, NotImplementedError) as exc:
+        with local_file(instance.file) as path:
+            df = read_table(
+                path,
+                required_columns=[],
+                string_columns=[project.user_column, project.item_column],
+                original_name=instance.original_name,
+                all_columns=True,
+            )
+    except InteractionDataError as exc:
         return {"columns": [], "rows": [], "error": str(exc)}
     head = df.head(n)
     head = head.astype(object).where(pd.notna(head), None)
@@ -114,9 +122,7 @@ class _UploadViewSet(OwnedModelViewSet):
         return Response(self.get_serializer(instance).data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance: Any) -> None:
-        file = instance.file
-        instance.delete()
-        file.storage.delete(file.name)
+        services.stored_object_delete(instance=instance)
 
     @action(detail=True, methods=["get"])
     def download(self, request: Request, pk: str | None = None) -> FileResponse:

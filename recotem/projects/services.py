@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -14,6 +11,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from recotem.core.exceptions import ApplicationError
+from recotem.core.files import delete_stored, local_upload
 from recotem.ml.data import InteractionDataError, read_interactions, read_table, summarize
 from recotem.projects.models import ItemMetaData, Project, TrainingData
 
@@ -27,23 +25,6 @@ class UploadTooLarge(ApplicationError):
             field="file",
             status=413,
         )
-
-
-@contextmanager
-def _local_path(upload: UploadedFile) -> Iterator[Path]:
-    """A filesystem path for the upload without copying it when Django already spooled it."""
-    if hasattr(upload, "temporary_file_path"):
-        yield Path(upload.temporary_file_path())
-        return
-    suffix = "".join(Path(upload.name or "").suffixes)
-    fd, name = tempfile.mkstemp(suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in upload.chunks():
-                fh.write(chunk)
-        yield Path(name)
-    finally:
-        os.unlink(name)
 
 
 def _check_size(upload: UploadedFile) -> None:
@@ -61,7 +42,7 @@ def training_data_create(*, project: Project, upload: UploadedFile) -> TrainingD
     """
     _check_size(upload)
     name = os.path.basename(upload.name or "data.csv")
-    with _local_path(upload) as path:
+    with local_upload(upload) as path:
         try:
             df = read_interactions(path, original_name=name, **project.columns)
         except InteractionDataError as exc:
@@ -104,7 +85,7 @@ def training_data_create_from_frame_file(
 def item_meta_data_create(*, project: Project, upload: UploadedFile) -> ItemMetaData:
     _check_size(upload)
     name = os.path.basename(upload.name or "items.csv")
-    with _local_path(upload) as path:
+    with local_upload(upload) as path:
         try:
             df = read_table(
                 path,
@@ -146,8 +127,12 @@ def project_delete(*, project: Project) -> None:
     files += [tm.file for tm in project.trained_models.all() if tm.file]
     with transaction.atomic():
         project.delete()
-    for f in files:
-        try:
-            f.storage.delete(f.name)
-        except OSError:
-            pass
+    delete_stored(files)
+
+
+def stored_object_delete(*, instance: TrainingData | ItemMetaData) -> None:
+    """Delete an uploaded file's row, then the file (a row still referenced raises first)."""
+    file = instance.file
+    with transaction.atomic():
+        instance.delete()
+    delete_stored([file])

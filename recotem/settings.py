@@ -80,8 +80,9 @@ TEMPLATES = [
 # web, worker and beat writing at once on this machine (STACK-FACTS.md).
 SQLITE_PATH = DATA_DIR / "db.sqlite3"
 if os.environ.get("DATABASE_URL"):
-    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # conn_max_age=0: under ASGI every request may run on a different thread, and persistent
+    # connections then pile up (one per thread) until PostgreSQL refuses clients.
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
 else:
     DATABASES = {
         "default": {

@@ -132,6 +132,7 @@ class Backend:
 
     def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
+        self.result["load"] = [os.getloadavg()[0]]
         subprocess.run(recotem("migrate"), env=self.env, check=True, capture_output=True, timeout=300)
         log(f"{self.label}: migrated in {time.monotonic() - t0:.1f} s")
         port = free_port()
@@ -155,6 +156,7 @@ class Backend:
                 for name in ("worker", "beat", "web"):
                     log(f"--- {self.label} {name}.log\n" + (logs / f"{name}.log").read_text(errors="replace")[-4000:])
                 raise
+        self.result["load"].append(os.getloadavg()[0])
         log(f"{self.label}: done in {time.monotonic() - t0:.0f} s")
         return self.result
 
@@ -182,7 +184,7 @@ class Backend:
         assert r.status_code == 202, r.text
         run_id = r.json()["run_id"]
         while True:
-            run = api.get(f"/api/v1/retraining_run/{run_id}/").json()
+            run = _get(api, f"/api/v1/retraining_run/{run_id}/")
             if run["status"] in FINAL:
                 break
             if time.time() - t0 > 120:
@@ -190,7 +192,7 @@ class Backend:
             time.sleep(0.02)
         t_seen = time.time()
         assert run["status"] == "COMPLETED", run
-        tm = api.get(f"/api/v1/trained_model/{run['trained_model']}/").json()
+        tm = _get(api, f"/api/v1/trained_model/{run['trained_model']}/")
         q, s, c = _ts(run["queued_at"]), _ts(run["started_at"]), _ts(run["completed_at"])
         tm_created, tm_started, tm_done = _ts(tm["created_at"]), _ts(tm["started_at"]), _ts(tm["completed_at"])
         return {
@@ -230,7 +232,7 @@ class Backend:
 
         # Part 1: every schedule's fire at the boundary, created and finished.
         def fired() -> list[dict[str, Any]] | None:
-            runs = api.get("/api/v1/retraining_run/?trigger=schedule&page_size=200").json()["results"]
+            runs = _get(api, "/api/v1/retraining_run/?trigger=schedule&page_size=200")["results"]
             mine = [r for r in runs if r["schedule"] in fire_ids and _ts(r["queued_at"]) >= boundary - 1]
             done = [r for r in mine if r["status"] in FINAL]
             return done if len({r["schedule"] for r in done}) == len(fire_ids) else None
@@ -249,6 +251,7 @@ class Backend:
         self.result["fire_started"] = [_ts(r["started_at"]) - boundary for r in first.values()]
         self.result["fire_statuses"] = sorted({r["status"] for r in first.values()})
         self.result["fire_boundary"] = datetime.fromtimestamp(boundary, UTC).isoformat()
+        self.result["fire_sent"] = _beat_sent(self.tmp / "beat.log", boundary)
         log(f"{self.label}: fires {sorted(round(x, 2) for x in self.result['fire_queued'])}")
         for sid in fire_ids:  # no more fires: they would disturb what follows
             api.patch(f"/api/v1/retraining_schedule/{sid}/", json={"is_enabled": False}).raise_for_status()
@@ -259,6 +262,7 @@ class Backend:
         self.result["triggers"] = triggers
 
         # Part 3: 1,000 schedules through the service, then beat idle.
+        self.result["beat_rss_before_mb"] = _rss_mb(beat_pid)
         t0 = time.monotonic()
         out = subprocess.run([sys.executable, __file__, "--sync-child", str(N_BULK_SCHEDULES)], env=self.env,
                              cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
@@ -271,6 +275,29 @@ class Backend:
         self.result["beat_cpu_pct"] = 100 * (cpu1 - cpu0) / (w1 - w0)
         self.result["beat_rss_mb"] = _rss_mb(beat_pid)
         log(f"{self.label}: beat idle CPU {self.result['beat_cpu_pct']:.2f} %")
+
+
+def _beat_sent(beat_log: Path, boundary: float) -> list[float]:
+    """Seconds after the minute at which beat logged sending each `recotem-retrain-*` task."""
+    sent = []
+    for line in beat_log.read_text(errors="replace").splitlines():
+        if "Sending due task recotem-retrain-" in line:
+            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like the log
+            if boundary - 1 <= stamp < boundary + 50:
+                sent.append(stamp - boundary)
+    return sent
+
+
+def _get(api: httpx.Client, url: str) -> Any:
+    """GET JSON, riding out a transient 5xx (e.g. a shared PostgreSQL briefly out of connections)."""
+    for _attempt in range(20):
+        r = api.get(url)
+        if r.status_code < 500:
+            r.raise_for_status()
+            return r.json()
+        log(f"GET {url} → {r.status_code}; retrying")
+        time.sleep(0.5)
+    r.raise_for_status()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -299,6 +326,9 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['label']}: beat fire → run created (`queued_at` − minute), {n} fires "
                      f"({'/'.join(r['fire_statuses'])}) | {_lag(r['fire_queued'])} | p99 ≤ 2 s |")
         lines.append(f"| {r['label']}: beat fire → run started (`started_at` − minute) | {_lag(r['fire_started'])} | — |")
+        if r["fire_sent"]:
+            lines.append(f"| {r['label']}: beat logged sending the {len(r['fire_sent'])} tasks (− minute) | "
+                         f"{min(r['fire_sent']):.2f}–{max(r['fire_sent']):.2f} s | — |")
     for r in results:
         t = r["triggers"]
         med = {k: statistics.median(x[k] for x in t) for k in t[0]}
@@ -322,7 +352,11 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['label']}: `schedule_reconcile` over {n:,} schedules | {s['reconcile_s']:.1f} s "
                      f"({1000 * s['reconcile_s'] / max(n, 1):.1f} ms each) | — |")
         lines.append(f"| {r['label']}: beat idle with {len(create_ms):,} enabled schedules, {IDLE_SECONDS} s | "
-                     f"{r['beat_cpu_pct']:.1f} % of one core (RSS {r['beat_rss_mb']:.0f} MB) | — |")
+                     f"{r['beat_cpu_pct']:.2f} % of one core (beat RSS {r['beat_rss_before_mb']:.0f} MB before them, "
+                     f"{r['beat_rss_mb']:.0f} MB with them) | — |")
+    loads = " · ".join(f"{r['label']} {r['load'][0]:.1f} → {r['load'][1]:.1f}" for r in results)
+    lines.append(f"| 1-min load average at start → end (others' work on the machine skews every row) | {loads} "
+                 f"on {os.cpu_count()} cores | — |")
     return "\n".join(lines)
 
 

@@ -187,6 +187,10 @@ if CELERY_BROKER_IS_EMBEDDED:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 30}}
     # The SQLAlchemy transport has no broadcast channel; remote control would hang.
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Redis re-delivers an unacknowledged (or delayed) message after this long; it must exceed
+    # the longest task plus the longest retry countdown, or work would be started twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = "UTC"

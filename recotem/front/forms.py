@@ -7,10 +7,28 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 
 from recotem.accounts.models import ApiKey
-from recotem.lib.cron import CronError, TimezoneError, validate_cron, validate_timezone
 from recotem.projects.models import Project
+
+
+def shared_clean(form: forms.BaseForm, validate: Any, **values: Any) -> dict[str, Any]:
+    """Run one of the validation functions the API uses too; show its errors on the form.
+
+    A field that already failed its own parsing keeps that message only (the shared rule saw a
+    missing value there). Returns the validator's normalised values, or {} on errors.
+    """
+    try:
+        return validate(**values) or {}
+    except ValidationError as exc:
+        for field, messages in exc.message_dict.items():
+            target = field if field in form.fields else None
+            if target is not None and target in form.errors:
+                continue
+            for message in messages:
+                form.add_error(target, message)
+        return {}
 
 
 class LoginForm(AuthenticationForm):
@@ -41,15 +59,13 @@ class ProjectForm(forms.ModelForm):
         self.owner = owner
 
     def clean(self) -> dict[str, Any]:
+        from recotem.projects.validation import validate_project_fields
+
         data = super().clean()
-        name = data.get("name")
-        if name and Project.objects.filter(owner=self.owner, name=name).exists():
-            self.add_error("name", "You already have a project with this name.")
-        user_col, item_col, time_col = (data.get(k, "") for k in ("user_column", "item_column", "time_column"))
-        if user_col and item_col and user_col == item_col:
-            self.add_error("item_column", "Must differ from the user column.")
-        if time_col and time_col in (user_col, item_col):
-            self.add_error("time_column", "Must differ from the user and item columns.")
+        shared_clean(
+            self, validate_project_fields, owner=self.owner, instance=self.instance,
+            **{k: data.get(k, "") for k in ("name", "user_column", "item_column", "time_column")},
+        )
         return data
 
 
@@ -73,20 +89,6 @@ class CronPreviewForm(forms.Form):
 
     cron_expression = forms.CharField(required=False)
     timezone = forms.CharField(required=False)
-
-
-def clean_cron(value: str) -> str:
-    try:
-        return validate_cron(value)
-    except CronError as exc:
-        raise forms.ValidationError(str(exc)) from None
-
-
-def clean_timezone(value: str) -> str:
-    try:
-        return validate_timezone(value or "UTC")
-    except TimezoneError as exc:
-        raise forms.ValidationError(str(exc)) from None
 
 
 class JSONObjectField(forms.CharField):
@@ -129,39 +131,45 @@ def _tuning_models() -> Any:
     return models
 
 
-class SplitConfigForm(forms.ModelForm):
+class SplitConfigForm(ProjectScopedForm):
     class Meta:
         model = _tuning_models().SplitConfig
-        fields = ["name", "scheme", "heldout_ratio", "test_user_ratio", "random_seed"]
+        fields = ["name", "scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users", "random_seed"]
         labels = {
             "name": "Split name", "scheme": "Scheme", "heldout_ratio": "Held-out ratio",
-            "test_user_ratio": "Test user ratio", "random_seed": "Random seed",
+            "n_heldout": "Held-out interactions per user (optional)", "test_user_ratio": "Test user ratio",
+            "n_test_users": "Test users (optional)", "random_seed": "Random seed",
         }
-        help_texts = {"heldout_ratio": "Share of each test user's interactions hidden for scoring."}
+        help_texts = {
+            "heldout_ratio": "Share of each test user's interactions hidden for scoring.",
+            "n_heldout": "A fixed count instead of the ratio.",
+            "n_test_users": "A fixed number of validation (and test) users instead of the ratio.",
+            "scheme": "TG and TU need the project's time column.",
+        }
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        from recotem.tuning.services import split_spec_of
+        from recotem.tuning.validation import validate_split_config
 
-        if not self.errors:
-            try:
-                split_spec_of(self.instance.__class__(**data)).validate()
-            except ValueError as exc:
-                raise forms.ValidationError(str(exc)) from None
+        data = super().clean()
+        shared_clean(self, validate_split_config, project=self.project, **{
+            f: data.get(f) for f in ("scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users",
+                                     "random_seed")
+        })
         return data
 
 
-class EvaluationConfigForm(forms.ModelForm):
+class EvaluationConfigForm(ProjectScopedForm):
     class Meta:
         model = _tuning_models().EvaluationConfig
         fields = ["name", "cutoff", "target_metric"]
         labels = {"name": "Evaluation name", "cutoff": "Cutoff (top-K)", "target_metric": "Target metric"}
 
-    def clean_cutoff(self) -> int:
-        value = self.cleaned_data["cutoff"]
-        if not 1 <= value <= 1000:
-            raise forms.ValidationError("Must be between 1 and 1000.")
-        return value
+    def clean(self) -> dict[str, Any]:
+        from recotem.tuning.validation import validate_evaluation_config
+
+        data = super().clean()
+        shared_clean(self, validate_evaluation_config, cutoff=data.get("cutoff"))
+        return data
 
 
 def _algorithm_choices() -> list[tuple[str, str]]:
@@ -199,6 +207,18 @@ class TuningJobForm(forms.Form):
         if not self.is_bound:
             self.initial.setdefault("tried_algorithms", _default_algorithms())
 
+    def clean(self) -> dict[str, Any]:
+        from recotem.tuning.validation import validate_tuning_job
+
+        data = super().clean()
+        cleaned = shared_clean(
+            self, validate_tuning_job, n_trials=data.get("n_trials"), timeout_overall=data.get("timeout_overall"),
+            tried_algorithms=data.get("tried_algorithms"),
+        )
+        if cleaned.get("tried_algorithms"):
+            data["tried_algorithms"] = cleaned["tried_algorithms"]
+        return data
+
 
 class ModelConfigurationForm(forms.ModelForm):
     recommender_class_name = forms.ChoiceField(label="Algorithm", choices=_algorithm_choices)
@@ -216,19 +236,16 @@ class ModelConfigurationForm(forms.ModelForm):
         self.project = project
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        from recotem.ml.registry import validate_parameters
+        from recotem.tuning.validation import validate_model_configuration
 
-        name = data.get("name")
-        if name and _tuning_models().ModelConfiguration.objects.filter(project=self.project, name=name).exists():
-            self.add_error("name", "A configuration with this name already exists.")
-        if data.get("recommender_class_name") and "parameters_json" in data:
-            try:
-                data["parameters_json"] = validate_parameters(
-                    data["recommender_class_name"], data["parameters_json"] or {}
-                )
-            except ValueError as exc:
-                self.add_error("parameters_json", str(exc))
+        data = super().clean()
+        if "recommender_class_name" in data:
+            cleaned = shared_clean(
+                self, validate_model_configuration, project=self.project, name=data.get("name"),
+                recommender_class_name=data["recommender_class_name"],
+                parameters_json=data.get("parameters_json"), instance=self.instance,
+            )
+            data.update({k: v for k, v in cleaned.items() if k in data})
         return data
 
 
@@ -272,6 +289,10 @@ class ScheduleForm(forms.ModelForm):
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "class": "mono"}),
     )
     timezone = forms.ChoiceField(label="Timezone", choices=_timezone_choices, initial="UTC")
+    tried_algorithms = forms.MultipleChoiceField(
+        label="Algorithms to retune", choices=_algorithm_choices, widget=forms.CheckboxSelectMultiple,
+        required=False, help_text="The tuning budget's search space; leave empty for the default set.",
+    )
 
     class Meta:
         from recotem.retraining.models import RetrainingSchedule
@@ -279,9 +300,9 @@ class ScheduleForm(forms.ModelForm):
         model = RetrainingSchedule
         fields = [
             "cron_expression", "timezone", "training_data", "model_configuration", "retune",
-            "split_config", "evaluation_config", "n_trials", "timeout_overall", "auto_deploy",
-            "deploy_slot", "gate_tolerance", "max_retries", "notify_on_failure", "webhook_url",
-            "is_enabled",
+            "split_config", "evaluation_config", "n_trials", "timeout_overall", "tried_algorithms",
+            "auto_deploy", "deploy_slot", "gate_tolerance", "max_retries", "retry_backoff_seconds",
+            "time_limit_seconds", "notify_on_failure", "webhook_url", "is_enabled",
         ]
         labels = {
             "training_data": "Training Data",
@@ -295,6 +316,8 @@ class ScheduleForm(forms.ModelForm):
             "deploy_slot": "Target slot",
             "gate_tolerance": "Gate tolerance",
             "max_retries": "Max retries",
+            "retry_backoff_seconds": "Retry backoff (seconds)",
+            "time_limit_seconds": "Run time limit (seconds)",
             "notify_on_failure": "Notify on failure",
             "webhook_url": "Webhook URL (optional)",
             "is_enabled": "Enabled",
@@ -306,6 +329,8 @@ class ScheduleForm(forms.ModelForm):
             "auto_deploy": "Replace the model in the target slot when the new one passes the quality gate.",
             "gate_tolerance": "Deploy if the new score ≥ incumbent × (1 − tolerance); 0.02 allows a 2% drop.",
             "webhook_url": "Receives a signed JSON POST when a run fails (with Notify on failure).",
+            "retry_backoff_seconds": "Wait before the first retry; doubles with each further retry (at most 1 hour).",
+            "time_limit_seconds": "A run still going after this long is failed (and retried). 60 s to 7 days.",
         }
 
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
@@ -330,61 +355,10 @@ class ScheduleForm(forms.ModelForm):
         cron_attrs = self.fields["cron_expression"].widget.attrs
         cron_attrs["aria-describedby"] = "cron-description"
 
-    def clean_cron_expression(self) -> str:
-        return clean_cron(self.cleaned_data["cron_expression"])
-
-    def clean_timezone(self) -> str:
-        return clean_timezone(self.cleaned_data["timezone"])
-
-    def clean_n_trials(self) -> int:
-        value = self.cleaned_data["n_trials"]
-        if not 1 <= value <= 10_000:
-            raise forms.ValidationError("Must be between 1 and 10000.")
-        return value
-
-    def clean_timeout_overall(self) -> int | None:
-        value = self.cleaned_data.get("timeout_overall")
-        if value is not None and value <= 0:
-            raise forms.ValidationError("Must be a positive number of seconds.")
-        return value
-
-    def clean_gate_tolerance(self) -> float:
-        value = self.cleaned_data["gate_tolerance"]
-        if not 0 <= value <= 1:
-            raise forms.ValidationError("Must be between 0 and 1.")
-        return value
-
-    def clean_max_retries(self) -> int:
-        value = self.cleaned_data["max_retries"]
-        if not 0 <= value <= 10:
-            raise forms.ValidationError("Must be between 0 and 10.")
-        return value
-
     def clean(self) -> dict[str, Any]:
+        from recotem.retraining.validation import FIELDS, validate_schedule
+
         data = super().clean()
-        if data.get("retune"):
-            if not data.get("split_config"):
-                self.add_error("split_config", "Choose a split config to retune with.")
-            if not data.get("evaluation_config"):
-                self.add_error("evaluation_config", "Choose an evaluation config to retune with.")
-        elif not data.get("model_configuration") and "model_configuration" not in self.errors:
-            self.add_error("model_configuration", "Choose a model configuration, or turn on Retune.")
-        if data.get("auto_deploy") and not data.get("deploy_slot"):
-            from recotem.deployment.models import DeploymentSlot
-
-            active = DeploymentSlot.objects.filter(project=self.project, is_active=True).count()
-            if active > 1:
-                self.add_error(
-                    "deploy_slot",
-                    f"The project has {active} active slots; choose the one Auto Deploy should update.",
-                )
-        if data.get("webhook_url"):
-            from django.conf import settings
-
-            from recotem.lib.netguard import UrlNotAllowed, check_url_allowed
-
-            try:
-                check_url_allowed(data["webhook_url"], allowed_hosts=settings.RECOTEM_ALLOWED_SOURCE_HOSTS)
-            except UrlNotAllowed as exc:
-                self.add_error("webhook_url", str(exc))
+        cleaned = shared_clean(self, validate_schedule, project=self.project, **{f: data.get(f) for f in FIELDS})
+        data.update({k: v for k, v in cleaned.items() if k in data})
         return data

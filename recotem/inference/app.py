@@ -59,6 +59,7 @@ MAX_BODY = 1024 * 1024
 MAX_CUTOFF = 1000
 MAX_USERS_PER_BATCH = 10_000
 MAX_ITEMS_PER_PROFILE = 10_000
+MISS_POLL_INTERVAL = 0.25  # seconds between on-demand polls for projects without a known route
 KEY_TTL = 60.0  # a cached key is re-read at least this often (and on every routing change)
 NEGATIVE_KEY_TTL = 5.0
 META_TTL = 30.0
@@ -225,6 +226,7 @@ class InferenceApp:
         self.load_errors: dict[int, tuple[str, float]] = {}
         self.item_meta: dict[int, tuple[db.ItemMetadata, float]] = {}
         self.routing: dict[int, Route] = {}
+        self.last_miss_poll = 0.0
         self.slot_models: dict[int, int] = {}
         self.version: int | None = None
         self.used_keys: set[int] = set()
@@ -601,7 +603,14 @@ class InferenceApp:
             raise HTTPError(403, "This API key belongs to another project.")
         route = self.routing.get(project_id)
         if route is None:
-            raise HTTPError(404, "This project has no active deployment slot.")
+            # A slot deployed a moment ago should not 404 until the next poll: look once now
+            # (shared by concurrent callers, at most every MISS_POLL_INTERVAL).
+            if time.monotonic() - self.last_miss_poll > MISS_POLL_INTERVAL:
+                self.last_miss_poll = time.monotonic()
+                await self._once(("poll",), self.poll_once)
+                route = self.routing.get(project_id)
+            if route is None:
+                raise HTTPError(404, "This project has no active deployment slot.")
         payload = _parse(await self.read_body(receive))
         chosen = route.pick()
         return await self.answer(kind, chosen.served, payload, chosen.suffix)

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recotem.testing import processes
+
 
 def _setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recotem.settings")
@@ -140,20 +142,14 @@ if __name__ == "__main__":
 # --- helpers for tests and benchmarks that run real processes -------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The generic parts live in recotem.testing.processes; these names stay for bench/inference.py.
+free_port = processes.free_port
 
 
 def isolated_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for child processes on their own SQLite database under `data_dir`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "RECOTEM_TEST_DATABASE_NAME")}
-    env.update(RECOTEM_DATA_DIR=str(data_dir), DJANGO_SETTINGS_MODULE="recotem.settings",
-               RECOTEM_LOG_LEVEL="WARNING", **extra)
-    return env
+    return processes.process_env(data_dir, DJANGO_SETTINGS_MODULE="recotem.settings", RECOTEM_LOG_LEVEL="WARNING",
+                                 **extra)
 
 
 def run_cli(env: dict[str, str], *args: str) -> str:
@@ -168,35 +164,19 @@ def run_cli(env: dict[str, str], *args: str) -> str:
 
 def start_server(app: str, env: dict[str, str], port: int, *, timeout: float = 30) -> Any:
     """`uvicorn app` on 127.0.0.1:port, as `recotem inference` runs it; waits until it answers."""
-    import subprocess
-    import time
-
-    import httpx
-
-    proc = subprocess.Popen(
+    proc = processes.start(
         [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
          "--log-level", "warning"],
-        env=env, start_new_session=True,
+        env,
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{app} exited with code {proc.returncode}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/inference/health", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{app} did not start within {timeout} s")
+    try:
+        # Any answer will do: /health may be 503 while nothing is deployed yet.
+        processes.wait_http_ok(f"http://127.0.0.1:{port}/inference/health", timeout, proc, any_status=True)
+    except (RuntimeError, TimeoutError):
+        processes.stop(proc, timeout=5)
+        raise
+    return proc
 
 
 def stop_server(proc: Any) -> None:
-    import subprocess
-
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    processes.stop(proc, timeout=10)

@@ -16,6 +16,7 @@ from recotem.core.files import local_file
 from recotem.ml.data import InteractionDataError, read_table
 from recotem.projects import services
 from recotem.projects.models import ItemMetaData, Project, TrainingData
+from recotem.projects.validation import validate_project_fields
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -25,26 +26,14 @@ class ProjectSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        request = self.context["request"]
-        name = attrs.get("name", getattr(self.instance, "name", None))
-        clash = Project.objects.filter(owner=request.user, name=name)
-        if self.instance is not None:
-            clash = clash.exclude(pk=self.instance.pk)
-        if clash.exists():
-            raise serializers.ValidationError({"name": ["You already have a project with this name."]})
-        user_column = attrs.get("user_column", getattr(self.instance, "user_column", ""))
-        item_column = attrs.get("item_column", getattr(self.instance, "item_column", ""))
-        if user_column == item_column:
-            raise serializers.ValidationError({"item_column": ["Must differ from user_column."]})
-        time_column = attrs.get("time_column", getattr(self.instance, "time_column", ""))
-        if time_column and time_column in (user_column, item_column):
-            raise serializers.ValidationError({"time_column": ["Must differ from the user and item columns."]})
-        if self.instance is not None and self.instance.training_data.exists():
-            for column in ("user_column", "item_column", "time_column"):
-                if column in attrs and attrs[column] != getattr(self.instance, column):
-                    raise serializers.ValidationError(
-                        {column: ["Columns cannot change once training data is uploaded; create a new project."]}
-                    )
+        def current(field: str) -> str:
+            return attrs.get(field, getattr(self.instance, field, ""))
+
+        validate_project_fields(
+            owner=self.context["request"].user,
+            instance=self.instance,
+            **{f: current(f) for f in ("name", "user_column", "item_column", "time_column")},
+        )
         return attrs
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django_filters import rest_framework as filters
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -14,14 +13,16 @@ from rest_framework.response import Response
 from recotem.core.api import OwnedModelViewSet, OwnedPrimaryKeyRelatedField, SameProjectMixin
 from recotem.core.exceptions import ApplicationError
 from recotem.deployment.models import DeploymentSlot
-from recotem.lib import cron
-from recotem.lib.netguard import UrlNotAllowed, check_url_allowed
 from recotem.projects.models import DataSource, Project, TrainingData
-from recotem.retraining import selectors, services, sources
+from recotem.retraining import selectors, services, sources, validation
 from recotem.retraining.models import RetrainingRun, RetrainingSchedule, RunStatus
 from recotem.tuning.models import EvaluationConfig, ModelConfiguration, SplitConfig
 
 _OVERDUE_CACHE_KEY = "_recotem_overdue_ids"
+
+
+def _bounded_int(bounds: tuple[int, int], *, allow_null: bool = False) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=bounds[0], max_value=bounds[1], required=False, allow_null=allow_null)
 
 
 class RetrainingScheduleSerializer(SameProjectMixin, serializers.ModelSerializer):
@@ -36,12 +37,12 @@ class RetrainingScheduleSerializer(SameProjectMixin, serializers.ModelSerializer
     )
     deploy_slot = OwnedPrimaryKeyRelatedField(queryset=DeploymentSlot.objects.all(), required=False, allow_null=True)
     tried_algorithms = serializers.ListField(child=serializers.CharField(), required=False)
-    n_trials = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
-    timeout_overall = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    n_trials = _bounded_int(validation.N_TRIALS)
+    timeout_overall = _bounded_int(validation.TIMEOUT_OVERALL, allow_null=True)
     gate_tolerance = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
-    max_retries = serializers.IntegerField(min_value=0, max_value=10, required=False)
-    retry_backoff_seconds = serializers.IntegerField(min_value=1, max_value=services.MAX_BACKOFF_SECONDS, required=False)
-    time_limit_seconds = serializers.IntegerField(min_value=10, max_value=7 * 86400, required=False)
+    max_retries = _bounded_int(validation.MAX_RETRIES)
+    retry_backoff_seconds = _bounded_int(validation.RETRY_BACKOFF_SECONDS)
+    time_limit_seconds = _bounded_int(validation.TIME_LIMIT_SECONDS)
     webhook_url = serializers.CharField(max_length=2048, required=False, allow_blank=True)
     next_run_at = serializers.SerializerMethodField()
     next_runs = serializers.SerializerMethodField()
@@ -89,42 +90,6 @@ class RetrainingScheduleSerializer(SameProjectMixin, serializers.ModelSerializer
         return obj.pk in self.context[_OVERDUE_CACHE_KEY]
 
     # --- validation ------------------------------------------------------------------------
-    def validate_cron_expression(self, value: str) -> str:
-        try:
-            return cron.validate_cron(value)
-        except cron.CronError as exc:
-            raise serializers.ValidationError(str(exc)) from None
-
-    def validate_timezone(self, value: str) -> str:
-        try:
-            return cron.validate_timezone(value)
-        except cron.TimezoneError as exc:
-            raise serializers.ValidationError(f"{exc}; use an IANA name such as 'Asia/Tokyo' or 'UTC'.") from None
-
-    def validate_tried_algorithms(self, value: list[str]) -> list[str]:
-        from recotem.ml.registry import available_recommenders, canonical_name
-
-        known = available_recommenders()
-        result = []
-        for name in value:
-            try:
-                result.append(canonical_name(name))
-            except (KeyError, ValueError):
-                raise serializers.ValidationError(
-                    f"Unknown algorithm '{name}'; use one of {', '.join(known)}."
-                ) from None
-        return result
-
-    def validate_webhook_url(self, value: str) -> str:
-        value = value.strip()
-        if not value:
-            return ""
-        try:
-            check_url_allowed(value, allowed_hosts=settings.RECOTEM_ALLOWED_SOURCE_HOSTS)
-        except UrlNotAllowed as exc:
-            raise serializers.ValidationError(str(exc)) from None
-        return value
-
     def validate_project(self, value: Project) -> Project:
         if self.instance is not None and value.pk != self.instance.project_id:
             raise serializers.ValidationError("A schedule cannot move to another project.")
@@ -139,24 +104,16 @@ class RetrainingScheduleSerializer(SameProjectMixin, serializers.ModelSerializer
         attrs = super().validate(attrs)
 
         def current(name: str) -> Any:
-            return attrs[name] if name in attrs else getattr(self.instance, name, None)
+            if name in attrs:
+                return attrs[name]
+            if self.instance is not None:
+                return getattr(self.instance, name)
+            return RetrainingSchedule._meta.get_field(name).get_default()
 
-        if current("retune"):
-            missing = [n for n in ("split_config", "evaluation_config") if current(n) is None]
-            if missing:
-                raise serializers.ValidationError({n: ["Required when retune is true."] for n in missing})
-        elif current("model_configuration") is None:
-            raise serializers.ValidationError(
-                {"model_configuration": ["Required unless retune is true."]}
-            )
-        if current("auto_deploy") and current("deploy_slot") is None:
-            project = current("project")
-            active = DeploymentSlot.objects.filter(project=project, is_active=True).count()
-            if active > 1:
-                raise serializers.ValidationError({"deploy_slot": [
-                    f"The project has {active} active slots; choose the one auto-deploy should update "
-                    "(auto-deploy replaces a slot's model and never adds a slot)."
-                ]})
+        cleaned = validation.validate_schedule(
+            project=current("project"), **{name: current(name) for name in validation.FIELDS}
+        )
+        attrs.update({name: value for name, value in cleaned.items() if name in attrs})
         return attrs
 
 

@@ -115,6 +115,8 @@ class RetrainingRun(models.Model):
     worker = models.CharField(max_length=255, blank=True, default="", help_text="host:pid that ran it.")
     # A retry waits until this time; the reaper re-sends PENDING runs whose message was lost.
     not_before = models.DateTimeField(null=True, blank=True)
+    # When the reaper last re-sent this PENDING run's message: at most one re-send per interval.
+    resent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -7,51 +7,17 @@ it goes, so a crash leaves a readable trail; the reaper ends runs whose worker d
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
-from django.conf import settings
-from django.db import close_old_connections
+from celery.exceptions import SoftTimeLimitExceeded
 
 from recotem.retraining import services
 from recotem.retraining.models import RetrainingRun, RetrainingSchedule, RunStatus
 from recotem.retraining.services import RunError
 from recotem.retraining.sources import SourceError
+from recotem.training.heartbeat import Heartbeat
 
 logger = logging.getLogger(__name__)
-
-
-class _Heartbeat:
-    """Touch ``heartbeat_at`` every few seconds from a thread while the run works.
-
-    Training holds the main thread for minutes; the reaper tells a slow run from a dead worker
-    only by this timestamp.
-    """
-
-    def __init__(self, run_id: int) -> None:
-        self.run_id = run_id
-        self.stop = threading.Event()
-        self.interval = float(getattr(settings, "RECOTEM_RUN_HEARTBEAT_SECONDS", 10))
-        self.thread = threading.Thread(target=self._loop, name=f"run-{run_id}-heartbeat", daemon=True)
-
-    def _loop(self) -> None:
-        try:
-            while not self.stop.wait(self.interval):
-                try:
-                    if not services.run_heartbeat(run_id=self.run_id):
-                        return  # the run ended (maybe by the reaper): nothing left to keep alive
-                except Exception:
-                    logger.exception("heartbeat of run %s failed", self.run_id)
-        finally:
-            close_old_connections()
-
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 def run_execute(*, run_id: int, task_id: str = "") -> RetrainingRun | None:
@@ -59,9 +25,15 @@ def run_execute(*, run_id: int, task_id: str = "") -> RetrainingRun | None:
     run = services.run_start(run_id=run_id, task_id=task_id)
     if run is None:
         return None
-    with _Heartbeat(run.pk):
+    with Heartbeat(lambda: services.run_heartbeat(run_id=run.pk), name=f"run-{run.pk}"):
         try:
             _pipeline(run)
+        except SoftTimeLimitExceeded:
+            # Celery's soft limit (time_limit_seconds): end the run readably before the hard kill.
+            limit = run.schedule.time_limit_seconds
+            message = f"time limit: the run exceeded time_limit_seconds={limit}."
+            services.run_fail(run=run, message=message, retryable=True,
+                              before_retry=lambda: services.fail_run_children(run, message))
         except (RunError, SourceError) as exc:
             services.run_fail(run=run, message=str(exc), retryable=exc.retryable)
         except Exception as exc:  # anything else is a bug or an outage: readable, and retried
@@ -178,7 +150,8 @@ def _target_slot(schedule: RetrainingSchedule) -> Any:
 
     if schedule.deploy_slot is not None:
         return schedule.deploy_slot
-    active = list(DeploymentSlot.objects.filter(project_id=schedule.project_id, is_active=True)[:2])
+    slots = DeploymentSlot.objects.filter(project_id=schedule.project_id)
+    active = list(slots.filter(is_active=True)[:2])
     if len(active) > 1:
         raise RunError(
             "The project has several active slots and the schedule names no deploy_slot; "
@@ -186,7 +159,10 @@ def _target_slot(schedule: RetrainingSchedule) -> Any:
         )
     if active:
         return active[0]
-    return DeploymentSlot.objects.filter(project_id=schedule.project_id, name="auto-deploy").first()
+    if slots.exists():
+        # Reviving or adding a slot next to ones a user switched off would serve traffic they stopped.
+        raise RunError("no active slot to deploy to; set deploy_slot on the schedule.", retryable=False)
+    return None  # no slot at all: a new "auto-deploy" slot (weight 100) is created
 
 
 def _metric(metrics: dict[str, Any], name: str, cutoff: int) -> float | None:
@@ -222,10 +198,10 @@ def _gate_and_deploy(run: RetrainingRun, schedule: RetrainingSchedule, data: Any
             method = "same configuration: stored test metrics"
             incumbent_metrics = dict(incumbent.test_metrics or {})
         else:
-            from recotem.ml.data import read_interactions
+            from recotem.training.services import read_training_data
 
             project = schedule.project
-            df = read_interactions(data.file.path, original_name=data.original_name, **project.columns)
+            df = read_training_data(data)  # through the storage API: works on S3 too
             scores = compare_configurations(
                 df,
                 candidate=(new_cfg.recommender_class_name, new_cfg.parameters_json),

@@ -16,6 +16,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,9 @@ REAPER_TASK_NAME = "recotem.retraining.tasks.reap_runs"
 REAPER_PERIODIC_NAME = "recotem-retraining-reaper"
 PERIODIC_PREFIX = "recotem-retrain-"
 MAX_BACKOFF_SECONDS = 3600
+# The hard time limit is the schedule's time_limit_seconds plus this grace: the soft limit (at
+# time_limit_seconds) lets the runner record "time limit" before the pool kills the process.
+TIME_LIMIT_GRACE_SECONDS = 30
 OVERDUE_AFTER = timedelta(minutes=5)
 
 
@@ -246,13 +250,25 @@ def _create_pending(schedule: RetrainingSchedule, **fields: Any) -> RetrainingRu
     return run
 
 
+def task_time_limits(schedule: RetrainingSchedule) -> dict[str, int]:
+    """Celery limits of a run's task: soft at time_limit_seconds, hard a little later."""
+    limit = int(schedule.time_limit_seconds)
+    return {"soft_time_limit": limit, "time_limit": limit + TIME_LIMIT_GRACE_SECONDS}
+
+
 def enqueue_run(run: RetrainingRun, *, countdown: float = 0) -> None:
-    """Send the run's task after the current transaction commits (no message for a rolled-back row)."""
+    """Send the run's task after the current transaction commits (no message for a rolled-back row).
+
+    The message carries the schedule's time limit, so the worker pool itself stops an over-time
+    run even if the reaper is not running.
+    """
     from recotem.retraining.tasks import run_retraining
+
+    limits = task_time_limits(RetrainingSchedule.objects.only("time_limit_seconds").get(pk=run.schedule_id))
 
     def send() -> None:
         result = run_retraining.apply_async(
-            kwargs={"schedule_id": run.schedule_id, "run_id": run.pk}, countdown=countdown or None
+            kwargs={"schedule_id": run.schedule_id, "run_id": run.pk}, countdown=countdown or None, **limits
         )
         RetrainingRun.objects.filter(pk=run.pk).update(celery_task_id=result.id or "")
 
@@ -359,25 +375,114 @@ def run_schedule_retry(*, run: RetrainingRun) -> RetrainingRun | None:
     return retry
 
 
-def run_fail(*, run: RetrainingRun, message: str, retryable: bool) -> bool:
-    """RUNNING → FAILED, then notify and queue a retry. Returns False if already ended."""
+def run_fail(
+    *, run: RetrainingRun, message: str, retryable: bool, before_retry: Callable[[], None] | None = None
+) -> bool:
+    """RUNNING → FAILED, then notify (webhook sent by its own task) and queue a retry.
+
+    Returns False if already ended. ``before_retry`` runs once the run is failed and before its
+    retry is queued (the reaper fails the run's model / tuning job there).
+    """
     if not run_finish(run=run, status=RunStatus.FAILED, error_message=message, retryable=retryable):
         return False
     run.retryable = retryable
+    if before_retry is not None:
+        before_retry()
     notify_failure(run=run)
     run_schedule_retry(run=run)
     return True
 
 
 # --- reaper ---------------------------------------------------------------------------------------
-def runs_reap(*, now: datetime | None = None) -> dict[str, int]:
-    """Fail runs whose worker is gone or whose time is up, re-send lost PENDING messages, flag overdue.
+def _remote_control_enabled() -> bool:
+    # The embedded (SQLAlchemy) broker has no broadcast channel: a revoke there would hang.
+    return bool(getattr(settings, "CELERY_WORKER_ENABLE_REMOTE_CONTROL", True)) and not getattr(
+        settings, "CELERY_BROKER_IS_EMBEDDED", False
+    )
 
-    Steps: (1) RUNNING with heartbeat older than RECOTEM_RUN_STALE_SECONDS → FAILED "worker lost";
-    (2) RUNNING past the schedule's ``time_limit_seconds`` → FAILED "time limit"; each gets the usual
-    notification and retry (queued here, not by broker redelivery); (3) PENDING runs whose start
-    time passed RECOTEM_PENDING_RESEND_SECONDS ago are sent again — duplicates are harmless because
-    only one message can move a run to RUNNING; (4) overdue schedules are notified once per fire.
+
+def _revoke(task_id: str) -> bool:
+    """Kill the worker process still executing ``task_id`` (where remote control exists)."""
+    if not task_id or not _remote_control_enabled():
+        return False
+    try:
+        from recotem.celery import app
+
+        app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+    except Exception:  # the broker may be down: the run is failed anyway
+        logger.warning("could not revoke task %s", task_id, exc_info=True)
+        return False
+    return True
+
+
+def fail_run_children(run: RetrainingRun, message: str) -> None:
+    """Fail the RUNNING trained model / tuning job a dead or over-time run was working on."""
+    from recotem.training.models import TrainedModel
+    from recotem.tuning.models import JobStatus, ParameterTuningJob
+
+    now = timezone.now()
+    if run.trained_model_id:
+        TrainedModel.objects.filter(pk=run.trained_model_id, status=JobStatus.RUNNING).update(
+            status=JobStatus.FAILED, error=message, completed_at=now
+        )
+    if run.tuning_job_id:
+        ParameterTuningJob.objects.filter(pk=run.tuning_job_id, status=JobStatus.RUNNING).update(
+            status=JobStatus.FAILED, error=message, completed_at=now
+        )
+
+
+def _reap_end_run(run: RetrainingRun, message: str) -> bool:
+    """Revoke the run's task, fail the run and its model/job, then (in run_fail) queue the retry."""
+    _revoke(run.celery_task_id)
+    if not run_fail(run=run, message=message, retryable=True, before_retry=lambda: fail_run_children(run, message)):
+        return False
+    return True
+
+
+def _reap_stale_jobs(now: datetime) -> dict[str, int]:
+    """RUNNING trained models and tuning jobs without a heartbeat for RECOTEM_RUN_STALE_SECONDS → FAILED.
+
+    Their worker was SIGKILLed, ran out of memory or lost its host: nothing else would ever end them.
+    The update re-checks the condition, so a heartbeat that lands meanwhile keeps the row alive.
+    """
+    from django.db.models.functions import Coalesce
+
+    from recotem.training.models import TrainedModel
+    from recotem.training.services import task_log
+    from recotem.tuning.models import JobStatus, ParameterTuningJob
+
+    cutoff = now - _stale_after()
+    report = {"models_lost": 0, "tuning_jobs_lost": 0}
+    for key, model_cls, link in (
+        ("models_lost", TrainedModel, "trained_model"), ("tuning_jobs_lost", ParameterTuningJob, "tuning_job")
+    ):
+        stale = model_cls.objects.filter(status=JobStatus.RUNNING).annotate(
+            last_seen=Coalesce("heartbeat_at", "started_at", "created_at")
+        ).filter(last_seen__lt=cutoff)
+        for pk, project_id, last_seen in stale.values_list("pk", "project_id", "last_seen"):
+            message = f"worker lost (no heartbeat for {int((now - last_seen).total_seconds())} s)"
+            updated = model_cls.objects.filter(pk=pk, status=JobStatus.RUNNING).annotate(
+                last_seen=Coalesce("heartbeat_at", "started_at", "created_at")
+            ).filter(last_seen__lt=cutoff).update(status=JobStatus.FAILED, error=message, completed_at=now)
+            if updated:
+                report[key] += 1
+                task_log(project_id=project_id, level="ERROR", contents=f"{model_cls.__name__} #{pk}: {message}",
+                         **{link: model_cls(pk=pk)})
+    return report
+
+
+def runs_reap(*, now: datetime | None = None) -> dict[str, int]:
+    """Fail runs, models and tuning jobs whose worker is gone or whose time is up; re-send lost
+    PENDING messages; flag overdue schedules.
+
+    Steps: (1) RUNNING runs with a heartbeat older than RECOTEM_RUN_STALE_SECONDS → FAILED "worker
+    lost"; (2) RUNNING past the schedule's ``time_limit_seconds`` → FAILED "time limit"; each has its
+    task revoked (where remote control exists), its RUNNING model / tuning job failed too, the usual
+    notification and a retry (queued here, not by broker redelivery); (3) RUNNING trained models and
+    tuning jobs with a stale heartbeat → FAILED "worker lost (no heartbeat for N s)"; (4) PENDING runs
+    whose start time passed RECOTEM_PENDING_RESEND_SECONDS ago are sent again, at most once per that
+    interval (``resent_at``) — duplicates are harmless because only one message can move a run to
+    RUNNING; (5) overdue schedules are notified once per fire.
     """
     now = now or timezone.now()
     report = {"worker_lost": 0, "time_limit": 0, "resent": 0, "overdue": 0}
@@ -386,20 +491,26 @@ def runs_reap(*, now: datetime | None = None) -> dict[str, int]:
         limit = timedelta(seconds=run.schedule.time_limit_seconds)
         if run.started_at and now - run.started_at > limit:
             msg = f"time limit: the run exceeded time_limit_seconds={run.schedule.time_limit_seconds}."
-            if run_fail(run=run, message=msg, retryable=True):
+            if _reap_end_run(run, msg):
                 report["time_limit"] += 1
         elif run.heartbeat_at is None or now - run.heartbeat_at > _stale_after():
             last = run.heartbeat_at.isoformat() if run.heartbeat_at else "never"
             msg = f"worker lost: no heartbeat since {last}; the worker process died or was killed."
-            if run_fail(run=run, message=msg, retryable=True):
+            if _reap_end_run(run, msg):
                 report["worker_lost"] += 1
+    report.update(_reap_stale_jobs(now))
     resend_before = now - _pending_resend_after()
+    not_resent_lately = Q(resent_at__isnull=True) | Q(resent_at__lt=resend_before)
     lost = RetrainingRun.objects.filter(status=RunStatus.PENDING).filter(
         Q(not_before__lt=resend_before) | Q(not_before__isnull=True, queued_at__lt=resend_before)
-    )
+    ).filter(not_resent_lately)
     for run in lost:
-        enqueue_run(run)
-        report["resent"] += 1
+        # The stamp is the claim: a second reaper (or the next tick) finds it and sends nothing.
+        if RetrainingRun.objects.filter(pk=run.pk, status=RunStatus.PENDING).filter(not_resent_lately).update(
+            resent_at=now
+        ):
+            enqueue_run(run)
+            report["resent"] += 1
     from recotem.retraining.selectors import overdue_schedules
 
     for schedule, fire_at in overdue_schedules(now=now):
@@ -475,6 +586,7 @@ def notify_failure(*, run: RetrainingRun) -> None:
         run.pk, schedule.project_id, schedule.project.name, run.error_message,
     )
     record: dict[str, Any] = {"logged": True}
+    payload: dict[str, Any] | None = None
     if schedule.webhook_url:
         payload = {
             "event": "retraining.run.failed",
@@ -487,10 +599,35 @@ def notify_failure(*, run: RetrainingRun) -> None:
                 "will_retry": run.retryable and run.attempt <= schedule.max_retries,
             },
         }
-        delivery = webhook_deliver(url=schedule.webhook_url, secret=schedule.webhook_secret, payload=payload)
-        record.update({"webhook_url": schedule.webhook_url, "delivered": delivery.delivered, "attempts": delivery.attempts})
+        # "delivered" stays None until the delivery task records the outcome.
+        record.update({"webhook_url": schedule.webhook_url, "delivered": None, "attempts": []})
     RetrainingRun.objects.filter(pk=run.pk).update(notification=record)
     run.notification = record
+    if payload is not None:
+        _enqueue_webhook(schedule_id=schedule.pk, payload=payload, run_id=run.pk)
+
+
+def _enqueue_webhook(*, schedule_id: int, payload: dict[str, Any], run_id: int | None = None) -> None:
+    """Deliver in a task of its own (default queue): 3 tries × 10 s must not block the reaper or a worker."""
+    from recotem.retraining.tasks import deliver_webhook
+
+    kwargs = {"schedule_id": schedule_id, "payload": json.loads(json.dumps(payload, default=str)), "run_id": run_id}
+    transaction.on_commit(lambda: deliver_webhook.apply_async(kwargs=kwargs))
+
+
+def webhook_notify(*, schedule_id: int, payload: dict[str, Any], run_id: int | None = None) -> Delivery | None:
+    """POST ``payload`` to the schedule's webhook (URL and secret read now) and record it on the run."""
+    schedule = RetrainingSchedule.objects.filter(pk=schedule_id).first()
+    if schedule is None or not schedule.webhook_url:
+        return None
+    delivery = webhook_deliver(url=schedule.webhook_url, secret=schedule.webhook_secret, payload=payload)
+    if run_id is not None:
+        record = {
+            "logged": True, "webhook_url": schedule.webhook_url,
+            "delivered": delivery.delivered, "attempts": delivery.attempts,
+        }
+        RetrainingRun.objects.filter(pk=run_id).update(notification=record)
+    return delivery
 
 
 def notify_overdue(*, schedule: RetrainingSchedule, fire_at: datetime) -> None:
@@ -505,7 +642,7 @@ def notify_overdue(*, schedule: RetrainingSchedule, fire_at: datetime) -> None:
             "schedule_id": schedule.pk,
             "missed_fire_at": fire_at.isoformat(),
         }
-        webhook_deliver(url=schedule.webhook_url, secret=schedule.webhook_secret, payload=payload)
+        _enqueue_webhook(schedule_id=schedule.pk, payload=payload)
 
 
 # --- retention ----------------------------------------------------------------------------------

@@ -21,9 +21,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Inherited variables that would point a child at the test run's database, broker or eager mode.
+_NOT_INHERITED = ("DATABASE_URL", "CELERY_BROKER_URL", "RECOTEM_TEST_DATABASE_NAME", "RECOTEM_TASKS_EAGER")
+
+
 def process_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    """Environment for a child process: its own data dir, nothing inherited that points elsewhere."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    """Environment for a child process: its own data dir, nothing inherited that points elsewhere.
+
+    Without DATABASE_URL in `extra` the child uses SQLite under `data_dir`.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env.update({"RECOTEM_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "RECOTEM_LOGIN_RATE": "1000/min"})
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(extra)
@@ -39,36 +46,56 @@ def recotem(*args: str) -> list[str]:
     return [sys.executable, "-m", "recotem.cli", *args]
 
 
+def start(
+    cmd: list[str], env: Mapping[str, str], log: Path | None = None, *, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a process in its own session (so `stop` reaches its children); output to `log` if given."""
+    if log is None:
+        return subprocess.Popen(cmd, env=dict(env), cwd=cwd, start_new_session=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(*procs: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM each process group, wait, then SIGKILL what is left. Signals all before waiting."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @contextmanager
 def running(cmd: list[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run a process for the duration of a block; stop it (and its group) afterwards."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start(cmd, env, log)
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop(proc)
 
 
-def wait_http_ok(url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> float:
-    """Poll `url` until it answers 200; returns the seconds waited."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
+def wait_http_ok(
+    url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None, *, any_status: bool = False
+) -> float:
+    """Poll `url` until it answers 200 (any HTTP answer with `any_status`); returns the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.monotonic() - start
+            status: int | None = httpx.get(url, timeout=2).status_code
         except httpx.HTTPError:
-            pass
+            status = None
+        if status is not None and (any_status or status == 200):
+            return time.monotonic() - began
         time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout} s")
+    raise TimeoutError(f"{url} did not answer {'' if any_status else '200 '}within {timeout} s")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):  # type: ignore[no-untyped-def]
@@ -101,18 +128,22 @@ def postgres_available(url: str = "postgresql://postgres@127.0.0.1:5432/test") -
 
 
 @contextmanager
-def fresh_postgres_database(prefix: str = "recotem_it") -> Iterator[str]:
-    """Create an empty PostgreSQL database for a process-level test; drop it afterwards."""
+def fresh_postgres_database(
+    prefix: str = "recotem_it", admin: str = "postgresql://postgres@127.0.0.1:5432/test"
+) -> Iterator[str]:
+    """Create an empty PostgreSQL database for a process-level test; drop it afterwards.
+
+    `admin` is any database URL on the server that may CREATE DATABASE; the new one sits beside it.
+    """
     import uuid
 
     import psycopg
 
-    admin = "postgresql://postgres@127.0.0.1:5432/test"
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        yield admin.rsplit("/", 1)[0] + "/" + name
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -33,6 +33,7 @@ from django.utils import timezone
 from recotem.core.exceptions import ApplicationError
 from recotem.ml.artifact import ArtifactError
 from recotem.projects.models import TrainingData
+from recotem.training.heartbeat import Heartbeat
 from recotem.training.models import TaskLog, TrainedModel
 from recotem.tuning.models import JobStatus, ModelConfiguration
 
@@ -175,17 +176,31 @@ def _holdout_metrics(df: pd.DataFrame, model: TrainedModel) -> dict[str, float]:
     return metrics_of(evaluator, fitted.recommender)
 
 
-def trained_model_train(*, trained_model_id: int) -> TrainedModel:
-    """Fit a model synchronously: PENDING/RUNNING -> RUNNING -> COMPLETED | FAILED.
+def trained_model_heartbeat(*, trained_model_id: int) -> bool:
+    """Touch a RUNNING model's heartbeat; False once it is no longer RUNNING (or gone)."""
+    return bool(
+        TrainedModel.objects.filter(pk=trained_model_id, status=JobStatus.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+    )
 
-    Steps: claim the row; read the data; compute holdout test metrics unless already set (a
-    tuning job sets them from its own split); fit on all interactions; write the signed
-    artifact through the storage API; record size, metrics, version, time, fingerprint.
-    Idempotent: a finished model is returned as it is. Any error ends in FAILED with `error`.
+
+def trained_model_train(*, trained_model_id: int) -> TrainedModel:
+    """Fit a model synchronously: PENDING -> RUNNING -> COMPLETED | FAILED.
+
+    Steps: claim the row (PENDING only); read the data; compute holdout test metrics unless
+    already set (a tuning job sets them from its own split); fit on all interactions; write the
+    signed artifact through the storage API; record size, metrics, version, time, fingerprint.
+    Only one caller claims a PENDING row: a duplicated message, or a RUNNING row whose worker
+    died (the reaper fails those), is returned as it is without work. Any error ends in FAILED.
+    A Celery soft time limit is recorded as FAILED and re-raised so the caller stops too.
     """
-    claimed = TrainedModel.objects.filter(
-        pk=trained_model_id, status__in=[JobStatus.PENDING, JobStatus.RUNNING]
-    ).update(status=JobStatus.RUNNING, started_at=timezone.now(), error="")
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    now = timezone.now()
+    claimed = TrainedModel.objects.filter(pk=trained_model_id, status=JobStatus.PENDING).update(
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, error=""
+    )
     model = TrainedModel.objects.select_related("configuration", "data_loc", "project").get(
         pk=trained_model_id
     )
@@ -193,18 +208,31 @@ def trained_model_train(*, trained_model_id: int) -> TrainedModel:
         return model
     task_log(project_id=model.project_id, trained_model=model,
              contents=f"Training {model.configuration.recommender_class_name} on data #{model.data_loc_id}.")
+    touch = lambda: trained_model_heartbeat(trained_model_id=trained_model_id)  # noqa: E731
     try:
-        _train(model)
+        with Heartbeat(touch, name=f"model-{trained_model_id}"):
+            _train(model)
+    except SoftTimeLimitExceeded:
+        _fail_model(model, "time limit: the task's time limit was reached during training.", tb=False)
+        raise
     except Exception as exc:  # recorded on the row: the user must see why, the worker goes on
         logger.exception("training model %s failed", model.pk)
-        message = f"{type(exc).__name__}: {exc}"
-        TrainedModel.objects.filter(pk=model.pk).update(
-            status=JobStatus.FAILED, error=message, completed_at=timezone.now()
-        )
-        task_log(project_id=model.project_id, trained_model=model, level="ERROR",
-                 contents=f"Training failed: {message}\n{traceback.format_exc(limit=5)}")
-    model.refresh_from_db()
+        _fail_model(model, f"{type(exc).__name__}: {exc}", tb=True)
+    try:
+        model.refresh_from_db()
+    except TrainedModel.DoesNotExist:  # deleted while it trained: report, never resurrect
+        model.status, model.error = JobStatus.FAILED, "The model was deleted while it trained."
     return model
+
+
+def _fail_model(model: TrainedModel, message: str, *, tb: bool) -> None:
+    updated = TrainedModel.objects.filter(pk=model.pk, status=JobStatus.RUNNING).update(
+        status=JobStatus.FAILED, error=message, completed_at=timezone.now()
+    )
+    if updated:
+        detail = f"\n{traceback.format_exc(limit=5)}" if tb else ""
+        task_log(project_id=model.project_id, trained_model=model, level="ERROR",
+                 contents=f"Training failed: {message}{detail}")
 
 
 def _train(model: TrainedModel) -> None:
@@ -237,20 +265,41 @@ def _train(model: TrainedModel) -> None:
         fitted, key=keys[key_id], key_id=key_id, fingerprint=data_fingerprint, metrics=test_metrics
     )
     training_time = time.perf_counter() - start
-    model.file.save(f"model-{model.pk}.rctm", ContentFile(payload), save=False)
-    TrainedModel.objects.filter(pk=model.pk).update(
-        status=JobStatus.COMPLETED,
-        file=model.file.name,
-        filesize=len(payload),
+    stored = _store_artifact(
+        model,
+        payload,
         test_metrics=test_metrics,
         irspack_version=fitted.irspack_version,
         training_time=training_time,
         data_fingerprint=data_fingerprint,
+    )
+    if stored:
+        task_log(project_id=project.pk, trained_model=model,
+                 contents=f"Trained in {training_time:.2f} s; artifact {len(payload)} bytes; "
+                          f"test metrics {test_metrics}.")
+
+
+def _store_artifact(model: TrainedModel, payload: bytes, **fields: Any) -> bool:
+    """Write the artifact, then mark the model COMPLETED only if it is still ours (RUNNING).
+
+    When the row was deleted mid-training, or the reaper already failed it, no row points at the
+    file: it is deleted again instead of being left orphaned in storage.
+    """
+    model.file.save(f"model-{model.pk}.rctm", ContentFile(payload), save=False)
+    updated = TrainedModel.objects.filter(pk=model.pk, status=JobStatus.RUNNING).update(
+        status=JobStatus.COMPLETED,
+        file=model.file.name,
+        filesize=len(payload),
         completed_at=timezone.now(),
         error="",
+        **fields,
     )
-    task_log(project_id=project.pk, trained_model=model,
-             contents=f"Trained in {training_time:.2f} s; artifact {len(payload)} bytes; test metrics {test_metrics}.")
+    if updated != 1:
+        logger.warning("model %s was deleted or ended during training; discarding its artifact", model.pk)
+        model.file.storage.delete(model.file.name)
+        model.file.name = ""
+        return False
+    return True
 
 
 def trained_model_delete(*, trained_model: TrainedModel) -> None:

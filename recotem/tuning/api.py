@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from recotem.core.api import OwnedModelViewSet, OwnedPrimaryKeyRelatedField, SameProjectMixin
 from recotem.projects.models import Project, TrainingData
-from recotem.tuning import services
+from recotem.tuning import services, validation
 from recotem.tuning.models import (
     EvaluationConfig,
     ModelConfiguration,
@@ -25,12 +25,26 @@ def _project_field() -> OwnedPrimaryKeyRelatedField:
     return OwnedPrimaryKeyRelatedField(queryset=Project.objects.all(), project_path="")
 
 
+def _current(serializer: serializers.ModelSerializer, attrs: dict[str, Any], field: str) -> Any:
+    """The value a write will leave: the request's, else the instance's, else the model default."""
+    if field in attrs:
+        return attrs[field]
+    if serializer.instance is not None:
+        return getattr(serializer.instance, field)
+    return serializer.Meta.model._meta.get_field(field).get_default()
+
+
 class SplitConfigSerializer(serializers.ModelSerializer):
     project = _project_field()
     heldout_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    n_heldout = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    n_heldout = serializers.IntegerField(required=False, allow_null=True, min_value=validation.SPLIT_N_HELDOUT[0],
+                                         max_value=validation.SPLIT_N_HELDOUT[1])
     test_user_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    n_test_users = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    n_test_users = serializers.IntegerField(required=False, allow_null=True,
+                                            min_value=validation.SPLIT_N_TEST_USERS[0],
+                                            max_value=validation.SPLIT_N_TEST_USERS[1])
+    random_seed = serializers.IntegerField(required=False, min_value=validation.RANDOM_SEED[0],
+                                           max_value=validation.RANDOM_SEED[1])
 
     class Meta:
         model = SplitConfig
@@ -39,36 +53,26 @@ class SplitConfigSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        merged = SplitConfig(**{
-            f: attrs.get(f, getattr(self.instance, f, SplitConfig._meta.get_field(f).get_default()))
-            for f in ("scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users", "random_seed")
+        validation.validate_split_config(**{
+            f: _current(self, attrs, f)
+            for f in ("project", "scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users",
+                      "random_seed")
         })
-        if not 0.0 < merged.heldout_ratio < 1.0:
-            raise serializers.ValidationError({"heldout_ratio": ["Must be strictly between 0 and 1."]})
-        if merged.test_user_ratio <= 0.0 or merged.test_user_ratio > 0.5:
-            raise serializers.ValidationError({"test_user_ratio": [
-                "Must be above 0 and at most 0.5: this share of users is used for validation "
-                "and the same share for the final test."]})
-        try:
-            services.split_spec_of(merged).validate()
-        except ValueError as exc:
-            raise serializers.ValidationError({"non_field_errors": [str(exc)]}) from None
-        project = attrs.get("project") or getattr(self.instance, "project", None)
-        if merged.scheme in ("TG", "TU") and project is not None and not project.time_column:
-            raise serializers.ValidationError({"scheme": [
-                f"Scheme {merged.scheme} orders interactions by time, but project "
-                f"{project.name!r} has no time column; use RG or set the project's time_column."]})
         return attrs
 
 
 class EvaluationConfigSerializer(serializers.ModelSerializer):
     project = _project_field()
-    cutoff = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+    cutoff = serializers.IntegerField(required=False, min_value=validation.CUTOFF[0], max_value=validation.CUTOFF[1])
 
     class Meta:
         model = EvaluationConfig
         fields = ["id", "project", "name", "cutoff", "target_metric", "created_at"]
         read_only_fields = ["id", "created_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        validation.validate_evaluation_config(cutoff=_current(self, attrs, "cutoff"))
+        return attrs
 
 
 class ModelConfigurationSerializer(serializers.ModelSerializer):
@@ -80,34 +84,16 @@ class ModelConfigurationSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "name", "recommender_class_name", "parameters_json", "tuning_job",
                   "created_at"]
         read_only_fields = ["id", "tuning_job", "created_at"]
-        validators: list[Any] = []  # the (project, name) clash gets its own message below
-
-    def validate_recommender_class_name(self, value: str) -> str:
-        from recotem.ml.registry import canonical_name
-
-        try:
-            return canonical_name(value)
-        except ValueError as exc:
-            raise serializers.ValidationError(str(exc)) from None
+        validators: list[Any] = []  # the (project, name) clash gets its own message in validation
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        from recotem.ml.registry import validate_parameters
-
-        project = attrs.get("project") or getattr(self.instance, "project", None)
-        name = attrs.get("name", getattr(self.instance, "name", None))
-        clash = ModelConfiguration.objects.filter(project=project, name=name)
-        if self.instance is not None:
-            clash = clash.exclude(pk=self.instance.pk)
-        if clash.exists():
-            raise serializers.ValidationError({"name": ["This project already has a configuration with this name."]})
-        class_name = attrs.get("recommender_class_name", getattr(self.instance, "recommender_class_name", ""))
-        params = attrs.get("parameters_json", getattr(self.instance, "parameters_json", {}))
-        if not isinstance(params, dict):
-            raise serializers.ValidationError({"parameters_json": ["Must be a JSON object."]})
-        try:
-            attrs["parameters_json"] = validate_parameters(class_name, params)
-        except ValueError as exc:
-            raise serializers.ValidationError({"parameters_json": [str(exc)]}) from None
+        attrs.update(validation.validate_model_configuration(
+            project=_current(self, attrs, "project"),
+            name=_current(self, attrs, "name"),
+            recommender_class_name=_current(self, attrs, "recommender_class_name"),
+            parameters_json=_current(self, attrs, "parameters_json"),
+            instance=self.instance,
+        ))
         return attrs
 
 
@@ -153,11 +139,17 @@ class ParameterTuningJobSerializer(SameProjectMixin, serializers.ModelSerializer
     warm_start_config = OwnedPrimaryKeyRelatedField(
         queryset=ModelConfiguration.objects.all(), required=False, allow_null=True
     )
-    n_trials = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
-    n_tasks_parallel = serializers.IntegerField(required=False, min_value=1,
-                                                max_value=services.MAX_TASKS_PARALLEL)
-    timeout_overall = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    timeout_singlestep = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    n_trials = serializers.IntegerField(required=False, min_value=validation.N_TRIALS[0],
+                                        max_value=validation.N_TRIALS[1])
+    n_tasks_parallel = serializers.IntegerField(required=False, min_value=validation.N_TASKS_PARALLEL[0],
+                                                max_value=min(validation.N_TASKS_PARALLEL[1],
+                                                              services.MAX_TASKS_PARALLEL))
+    timeout_overall = serializers.IntegerField(required=False, allow_null=True, min_value=validation.TIMEOUT[0],
+                                               max_value=validation.TIMEOUT[1])
+    timeout_singlestep = serializers.IntegerField(required=False, allow_null=True,
+                                                  min_value=validation.TIMEOUT[0], max_value=validation.TIMEOUT[1])
+    random_seed = serializers.IntegerField(required=False, min_value=validation.RANDOM_SEED[0],
+                                           max_value=validation.RANDOM_SEED[1])
     tried_algorithms = serializers.ListField(child=serializers.CharField(), required=False)
     progress = serializers.SerializerMethodField()
 
@@ -178,17 +170,16 @@ class ParameterTuningJobSerializer(SameProjectMixin, serializers.ModelSerializer
     def get_progress(self, job: ParameterTuningJob) -> dict[str, Any]:
         return {"trials_done": job.trials_done, "trials_total": job.n_trials, "best_score": job.best_score}
 
-    def validate_tried_algorithms(self, value: list[str]) -> list[str]:
-        from recotem.core.exceptions import ApplicationError
-
-        try:
-            return services.check_algorithms(value)
-        except ApplicationError as exc:
-            raise serializers.ValidationError(exc.message) from None
-
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "project" not in attrs and attrs.get("data") is not None:
             attrs["project"] = attrs["data"].project
+        cleaned = validation.validate_tuning_job(**{
+            f: _current(self, attrs, f)
+            for f in ("n_trials", "n_tasks_parallel", "timeout_overall", "timeout_singlestep", "random_seed",
+                      "tried_algorithms")
+        })
+        if attrs.get("tried_algorithms"):
+            attrs["tried_algorithms"] = cleaned["tried_algorithms"]
         return super().validate(attrs)
 
 

@@ -101,6 +101,12 @@ class ParameterTuningJob(models.Model):
     error = models.TextField(blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Touched every few seconds while a task works on the RUNNING job; the reaper fails a job
+    # whose workers died.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Claimed (False -> True, checked by rowcount) by the one finishing step allowed to create the
+    # best configuration and model: a duplicated chord callback finds it taken and does nothing.
+    finishing = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

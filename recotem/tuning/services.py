@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -32,6 +33,7 @@ from django.utils import timezone
 
 from recotem.core.exceptions import ApplicationError
 from recotem.projects.models import Project, TrainingData
+from recotem.training.heartbeat import Heartbeat
 from recotem.training.services import read_training_data, task_log
 from recotem.tuning.models import (
     EvaluationConfig,
@@ -286,28 +288,44 @@ def tuning_job_fail(*, job_id: int, message: str) -> None:
         _fail(job, message)
 
 
+def tuning_job_heartbeat(*, job_id: int) -> bool:
+    """Touch a RUNNING job's heartbeat; False once it is no longer RUNNING (or gone)."""
+    return bool(
+        ParameterTuningJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+    )
+
+
+def _heartbeat(job_id: int) -> Heartbeat:
+    return Heartbeat(lambda: tuning_job_heartbeat(job_id=job_id), name=f"tuning-{job_id}")
+
+
 def tuning_job_start(*, job_id: int) -> bool:
     """Claim the job (PENDING -> RUNNING) and prepare its study. False if it is not ours to run.
 
-    A job already RUNNING is also taken (a redelivered task after a worker died): the study is
-    loaded again and continues where it stopped.
+    Only a PENDING job is claimed: a duplicated message finds it RUNNING and does nothing, and a
+    RUNNING job whose worker died is failed by the reaper (its heartbeat stops), not restarted.
     """
     from recotem.ml.tuning import prepare_study
 
+    now = timezone.now()
     claimed = ParameterTuningJob.objects.filter(pk=job_id, status=JobStatus.PENDING).update(
-        status=JobStatus.RUNNING, started_at=timezone.now(), error=""
+        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, error=""
     )
-    job = ParameterTuningJob.objects.select_related("project", "data", "split", "evaluation").get(pk=job_id)
-    if claimed != 1 and job.status != JobStatus.RUNNING:
+    if claimed != 1:
         return False
+    job = ParameterTuningJob.objects.select_related("project", "data", "split", "evaluation").get(pk=job_id)
     task_log(project_id=job.project_id, tuning_job=job,
              contents=f"Tuning {', '.join(job.tried_algorithms)} with {job.n_trials} trials "
                       f"in {job.n_tasks_parallel} task(s).")
     try:
-        split = _load_split(job)
-        prepare_study(split, eval_spec_of(job.evaluation), _tuning_spec(job),
-                      storage=study_storage(job), study_name=study_name(job),
-                      progress=_progress_recorder(job))
+        with _heartbeat(job_id):
+            split = _load_split(job)
+            prepare_study(split, eval_spec_of(job.evaluation), _tuning_spec(job),
+                          storage=study_storage(job), study_name=study_name(job),
+                          progress=_progress_recorder(job))
+    except SoftTimeLimitExceeded:
+        _fail(job, "time limit: the task's time limit was reached while preparing the study.")
+        raise
     except Exception as exc:
         logger.exception("preparing tuning job %s failed", job_id)
         _fail(job, f"{type(exc).__name__}: {exc}")
@@ -322,7 +340,7 @@ def tuning_job_run_trials(*, job_id: int, worker: int = 0) -> None:
 
     job = ParameterTuningJob.objects.select_related("project", "data", "split", "evaluation",
                                                     "warm_start_config").get(pk=job_id)
-    if job.status != JobStatus.RUNNING:
+    if job.status != JobStatus.RUNNING or job.finishing:
         return
     record = _progress_recorder(job)
     ran = 0
@@ -333,12 +351,16 @@ def tuning_job_run_trials(*, job_id: int, worker: int = 0) -> None:
         record(trial)
 
     try:
-        split = _load_split(job)
-        run_study_trials(split, eval_spec_of(job.evaluation), _tuning_spec(job),
-                         storage=study_storage(job), study_name=study_name(job),
-                         progress=progress, deadline=_deadline(job))
+        with _heartbeat(job_id):
+            split = _load_split(job)
+            run_study_trials(split, eval_spec_of(job.evaluation), _tuning_spec(job),
+                             storage=study_storage(job), study_name=study_name(job),
+                             progress=progress, deadline=_deadline(job))
         task_log(project_id=job.project_id, tuning_job=job,
                  contents=f"Tuning task {worker} (pid {os.getpid()}) finished after {ran} trial(s).")
+    except SoftTimeLimitExceeded:
+        _fail(job, "time limit: the task's time limit was reached during tuning.")
+        raise
     except Exception as exc:
         logger.exception("tuning worker %s of job %s failed", worker, job_id)
         task_log(project_id=job.project_id, tuning_job=job, level="ERROR",
@@ -352,11 +374,25 @@ def tuning_job_finish(*, job_id: int) -> ParameterTuningJob:
     `tuned_model` is set before the status turns COMPLETED, so a client polling for
     COMPLETED always finds the model. Nothing completed / all zero / training failed: FAILED.
     """
+    # Exclusive claim: a duplicated chord callback (or a second delivery) finds it taken.
+    claimed = ParameterTuningJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, finishing=False).update(
+        finishing=True, heartbeat_at=timezone.now()
+    )
+    job = ParameterTuningJob.objects.select_related("project", "data", "split", "evaluation").get(pk=job_id)
+    if claimed != 1:
+        return job
+    try:
+        with _heartbeat(job_id):
+            return _finish(job)
+    except SoftTimeLimitExceeded:
+        _fail(job, "time limit: the task's time limit was reached while finishing the job.")
+        raise
+
+
+def _finish(job: ParameterTuningJob) -> ParameterTuningJob:
     from recotem.ml.tuning import TuningError, collect_study_result
 
-    job = ParameterTuningJob.objects.select_related("project", "data", "split", "evaluation").get(pk=job_id)
-    if job.status != JobStatus.RUNNING:
-        return job
+    job_id = job.pk
     try:
         split = _load_split(job)
         result = collect_study_result(split, eval_spec_of(job.evaluation), _tuning_spec(job),
@@ -390,7 +426,7 @@ def tuning_job_finish(*, job_id: int) -> ParameterTuningJob:
                       f"{result.target_metric}@{result.cutoff} = {result.best_score:.4f}; "
                       f"test metrics {result.test_metrics}.")
     tuned_model_id = None
-    if job.train_after_tuning:
+    if job.train_after_tuning and _still_running(job):
         from recotem.training.models import TrainedModel
         from recotem.training.services import trained_model_create, trained_model_train
 
@@ -408,6 +444,11 @@ def tuning_job_finish(*, job_id: int) -> ParameterTuningJob:
     )
     task_log(project_id=job.project_id, tuning_job=job, contents="Tuning job completed.")
     return _refreshed(job)
+
+
+def _still_running(job: ParameterTuningJob) -> bool:
+    # The reaper may have failed the job while the best trial was scored: do not train for it.
+    return ParameterTuningJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).exists()
 
 
 def _refreshed(job: ParameterTuningJob) -> ParameterTuningJob:

@@ -23,7 +23,7 @@ def _form(config: ModelConfiguration, **overrides: Any) -> dict[str, Any]:
     data = {
         "cron_expression": "0 2 * * 0", "timezone": "Europe/Berlin", "training_data": "",
         "model_configuration": config.pk, "n_trials": 10, "gate_tolerance": 0.02, "max_retries": 3,
-        "is_enabled": "on",
+        "retry_backoff_seconds": 60, "time_limit_seconds": 3600, "is_enabled": "on",
     }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
@@ -72,9 +72,34 @@ def test_it_requires_a_configuration_unless_retune(web: Client, project: Project
     config = _config(project)
     response = web.post(f"/projects/{project.pk}/retraining/", _form(config, model_configuration=""))
     assert response.status_code == 400
-    assert "Choose a model configuration, or turn on Retune." in response.content.decode()
+    assert "Required unless retune is on: choose a model configuration." in response.content.decode()
     response = web.post(f"/projects/{project.pk}/retraining/", _form(config, model_configuration="", retune="on"))
-    assert "Choose a split config to retune with." in response.content.decode()
+    assert "Required when retune is on: choose a split config to retune with." in response.content.decode()
+    assert not RetrainingSchedule.objects.exists()
+
+
+def test_it_saves_the_tuning_budget_and_the_failure_settings(web: Client, project: Project) -> None:
+    config = _config(project)
+    body = web.get(f"/projects/{project.pk}/retraining/").content.decode()
+    for name in ("tried_algorithms", "retry_backoff_seconds", "time_limit_seconds"):
+        assert f'name="{name}"' in body, name
+    response = web.post(f"/projects/{project.pk}/retraining/", _form(
+        config, tried_algorithms=["TopPopRecommender", "IALSRecommender"], retry_backoff_seconds=30,
+        time_limit_seconds=600,
+    ))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    schedule = RetrainingSchedule.objects.get(project=project)
+    assert schedule.tried_algorithms == ["TopPopRecommender", "IALSRecommender"]
+    assert (schedule.retry_backoff_seconds, schedule.time_limit_seconds) == (30, 600)
+
+
+def test_it_applies_the_api_bounds_to_the_form(web: Client, project: Project) -> None:
+    config = _config(project)
+    for field, value in (("retry_backoff_seconds", 0), ("time_limit_seconds", 59), ("max_retries", 21),
+                         ("n_trials", 10**20), ("gate_tolerance", 2)):
+        response = web.post(f"/projects/{project.pk}/retraining/", _form(config, **{field: value}))
+        assert response.status_code == 400, field
+        assert f'id="id_{field}-errors"' in response.content.decode(), field
     assert not RetrainingSchedule.objects.exists()
 
 

@@ -28,7 +28,23 @@ def test_it_rejects_bad_config_values_inline(web: Client, project: Project) -> N
     assert r.status_code == 400
     assert not SplitConfig.objects.exists()
     r = web.post(f"/projects/{project.pk}/tuning/config/eval/", {"eval-cutoff": 0, "eval-target_metric": "ndcg"})
-    assert r.status_code == 400 and "Must be between 1 and 1000." in r.content.decode()
+    assert r.status_code == 400 and "Must be a whole number between 1 and 1000." in r.content.decode()
+
+
+def test_it_offers_fixed_counts_and_checks_the_time_column(web: Client, project: Project, alice) -> None:  # type: ignore[no-untyped-def]
+    body = web.get(f"/projects/{project.pk}/tuning/").content.decode()
+    assert 'name="split-n_heldout"' in body and 'name="split-n_test_users"' in body
+    base = {"split-scheme": "RG", "split-heldout_ratio": 0.2, "split-test_user_ratio": 0.2, "split-random_seed": 1}
+    r = web.post(f"/projects/{project.pk}/tuning/config/split/", {**base, "split-n_heldout": 10**20})
+    assert r.status_code == 400 and 'id="id_split-n_heldout-errors"' in r.content.decode()
+    r = web.post(f"/projects/{project.pk}/tuning/config/split/",
+                 {**base, "split-n_heldout": 2, "split-n_test_users": 50})
+    assert r.status_code == 302, r.content.decode()[:2000]
+    assert SplitConfig.objects.values_list("n_heldout", "n_test_users").get() == (2, 50)
+    untimed = Project.objects.create(owner=alice, name="untimed", user_column="u", item_column="i")
+    r = web.post(f"/projects/{untimed.pk}/tuning/config/split/", {**base, "split-scheme": "TG"})
+    assert r.status_code == 400 and "has no time column" in r.content.decode()
+    assert not SplitConfig.objects.filter(project=untimed).exists()
 
 
 def test_it_starts_a_job_and_shows_progress_plot_and_best_config(web: Client, project: Project, data: TrainingData) -> None:

@@ -27,8 +27,8 @@ def _page(request: HttpRequest, project: Any, status: int = 200, **forms: Any) -
     context = project_context(
         project,
         "tuning",
-        split_form=forms.get("split_form") or SplitConfigForm(prefix="split"),
-        eval_form=forms.get("eval_form") or EvaluationConfigForm(prefix="eval"),
+        split_form=forms.get("split_form") or SplitConfigForm(prefix="split", project=project),
+        eval_form=forms.get("eval_form") or EvaluationConfigForm(prefix="eval", project=project),
         job_form=forms.get("job_form") or TuningJobForm(prefix="job", project=project),
         splits=SplitConfig.objects.filter(project=project)[:50],
         evaluations=EvaluationConfig.objects.filter(project=project)[:50],
@@ -50,7 +50,7 @@ def config_create(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
     if kind not in ("split", "eval"):
         raise Http404("Unknown configuration kind.")
     form_class = SplitConfigForm if kind == "split" else EvaluationConfigForm
-    form = form_class(request.POST, prefix=kind)
+    form = form_class(request.POST, prefix=kind, project=project)
     if form.is_valid():
         obj = form.save(commit=False)
         obj.project = project

@@ -232,7 +232,9 @@ def _scenarios(api: httpx.Client, hook_port: int, source_url: str, a_csv: Path, 
     # C settles: 1 + max_retries attempts, all FAILED, one webhook each.
     def c_done() -> list[dict[str, Any]] | None:
         runs = _runs(api, sched_c["id"])
-        return runs if len(runs) == 3 and all(x["status"] == "FAILED" for x in runs) else None
+        done = len(runs) == 3 and all(x["status"] == "FAILED" for x in runs)
+        # Webhooks are delivered by their own task, recorded on the run when it finishes.
+        return runs if done and all(x["notification"].get("delivered") for x in runs) else None
 
     runs_c = wait_until(c_done, 60, message="C retries")
     assert sorted(x["attempt"] for x in runs_c) == [1, 2, 3]

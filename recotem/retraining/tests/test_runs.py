@@ -88,7 +88,9 @@ def test_the_reaper_enforces_the_time_limit(schedule: RetrainingSchedule) -> Non
 
 def test_a_healthy_run_is_left_alone(schedule: RetrainingSchedule) -> None:
     run = _running(schedule)
-    assert services.runs_reap() == {"worker_lost": 0, "time_limit": 0, "resent": 0, "overdue": 0}
+    assert services.runs_reap() == {
+        "worker_lost": 0, "time_limit": 0, "resent": 0, "overdue": 0, "models_lost": 0, "tuning_jobs_lost": 0,
+    }
     run.refresh_from_db()
     assert run.status == "RUNNING"
 
@@ -170,13 +172,23 @@ def receiver(settings: Any) -> Iterator[str]:
     server.shutdown()
 
 
-def test_a_failure_posts_a_signed_webhook_with_retries(schedule: RetrainingSchedule, receiver: str) -> None:
+def test_a_failure_posts_a_signed_webhook_with_retries(
+    schedule: RetrainingSchedule, receiver: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    from recotem.celery import app
+
     schedule.notify_on_failure = True
     schedule.webhook_url = receiver
     schedule.save()
     _Receiver.fail_first = 1
     run = _running(schedule)
-    services.run_fail(run=run, message="broken input", retryable=True)
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # the delivery task runs in-process
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.run_fail(run=run, message="broken input", retryable=False)
+    finally:
+        app.conf.task_always_eager = eager
     assert len(_Receiver.received) == 2
     body, header = _Receiver.received[-1]
     assert verify_signature(body, header, schedule.webhook_secret.encode())
@@ -184,6 +196,30 @@ def test_a_failure_posts_a_signed_webhook_with_retries(schedule: RetrainingSched
     run.refresh_from_db()
     assert run.notification["delivered"] is True
     assert [a.get("status") for a in run.notification["attempts"]] == [503, 204]
+
+
+def test_a_failure_queues_the_webhook_instead_of_posting_inline(
+    schedule: RetrainingSchedule, receiver: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    """run_fail (called by the reaper) must not wait for a slow receiver: delivery is its own task."""
+    schedule.notify_on_failure = True
+    schedule.webhook_url = receiver
+    schedule.save()
+    run = _running(schedule)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.run_fail(run=run, message="broken input", retryable=False)
+    assert _Receiver.received == []
+    run.refresh_from_db()
+    assert run.notification == {"logged": True, "webhook_url": receiver, "delivered": None, "attempts": []}
+    assert len(callbacks) == 1  # the deliver_webhook message, sent on commit
+    delivery = services.webhook_notify(
+        schedule_id=schedule.pk, payload={"event": "retraining.run.failed"}, run_id=run.pk
+    )
+    assert delivery is not None and delivery.delivered
+    body, header = _Receiver.received[-1]
+    assert verify_signature(body, header, schedule.webhook_secret.encode())
+    run.refresh_from_db()
+    assert run.notification["delivered"] is True
 
 
 def test_a_webhook_to_a_host_not_allowed_is_refused(

@@ -126,3 +126,56 @@ def test_it_refuses_recommendations_before_completion_and_for_unknown_users(
     download = alice_client.get(url + "download/")
     assert download.status_code == 200
     assert b"".join(download.streaming_content) == Path(TrainedModel.objects.get(pk=model.pk).file.path).read_bytes()
+
+
+def test_a_duplicate_message_does_not_retrain_a_running_model(project: Project, small_csv: Path) -> None:
+    data = upload(project, small_csv)
+    model = services.trained_model_create(configuration=config(project), data=data, enqueue=False)
+    # Another worker holds the row (RUNNING): a redelivered message must not fit it again.
+    TrainedModel.objects.filter(pk=model.pk).update(status="RUNNING")
+    again = services.trained_model_train(trained_model_id=model.pk)
+    assert again.status == "RUNNING" and not again.file
+    assert not TaskLog.objects.filter(trained_model=model).exists()
+
+
+def test_a_model_deleted_while_training_leaves_no_artifact_behind(
+    project: Project, small_csv: Path, settings: object
+) -> None:
+    from django.db.models.signals import post_save
+
+    data = upload(project, small_csv)
+    model = services.trained_model_create(configuration=config(project), data=data, enqueue=False)
+
+    def delete_mid_training(sender: object, instance: TaskLog, created: bool, **kwargs: object) -> None:
+        if created and instance.trained_model_id == model.pk and " on data #" in instance.contents:
+            TrainedModel.objects.filter(pk=model.pk).delete()  # a user deletes it during the fit
+
+    post_save.connect(delete_mid_training, sender=TaskLog, weak=False)
+    try:
+        result = services.trained_model_train(trained_model_id=model.pk)
+    finally:
+        post_save.disconnect(delete_mid_training, sender=TaskLog)
+    assert result.status == "FAILED" and "deleted" in result.error
+    assert not TrainedModel.objects.filter(pk=model.pk).exists()
+    models_dir = Path(settings.MEDIA_ROOT) / f"projects/{project.pk}/models"  # type: ignore[attr-defined]
+    assert not models_dir.exists() or not any(models_dir.iterdir())
+
+
+def test_a_model_the_reaper_failed_mid_training_stays_failed_without_artifact(
+    project: Project, small_csv: Path
+) -> None:
+    from django.db.models.signals import post_save
+
+    data = upload(project, small_csv)
+    model = services.trained_model_create(configuration=config(project), data=data, enqueue=False)
+
+    def reap(sender: object, instance: TaskLog, created: bool, **kwargs: object) -> None:
+        if created and instance.trained_model_id == model.pk and " on data #" in instance.contents:
+            TrainedModel.objects.filter(pk=model.pk).update(status="FAILED", error="worker lost (no heartbeat for 90 s)")
+
+    post_save.connect(reap, sender=TaskLog, weak=False)
+    try:
+        result = services.trained_model_train(trained_model_id=model.pk)
+    finally:
+        post_save.disconnect(reap, sender=TaskLog)
+    assert result.status == "FAILED" and result.error.startswith("worker lost") and not result.file

@@ -166,3 +166,51 @@ def test_it_refuses_a_warm_start_config_of_another_project(
         "evaluation": EvaluationConfig.objects.create(project=project).id, "warm_start_config": config.id,
     }, format="json")
     assert r.status_code == 400 and "warm_start_config" in r.json()
+
+
+ABSURD = (10**20, 1e20, -(10**20), 10**40)
+
+
+def _numeric_cases(project: Project, small_csv: Path) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """(endpoint, a valid body, its numeric fields) for every resource with numbers in it."""
+    data = make_data(project, small_csv)
+    split = SplitConfig.objects.create(project=project)
+    evaluation = EvaluationConfig.objects.create(project=project)
+    config = ModelConfiguration.objects.create(project=project, name="c", recommender_class_name="TopPopRecommender")
+    return [
+        ("/api/v1/split_config/", {"project": project.id},
+         ["heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users", "random_seed"]),
+        ("/api/v1/evaluation_config/", {"project": project.id}, ["cutoff"]),
+        ("/api/v1/parameter_tuning_job/",
+         {"data": data.id, "split": split.id, "evaluation": evaluation.id, "n_trials": 1},
+         ["n_trials", "n_tasks_parallel", "timeout_overall", "timeout_singlestep", "random_seed"]),
+        ("/api/v1/retraining_schedule/",
+         {"project": project.id, "cron_expression": "0 2 * * *", "model_configuration": config.id},
+         ["n_trials", "timeout_overall", "max_retries", "retry_backoff_seconds", "time_limit_seconds",
+          "gate_tolerance"]),
+    ]
+
+
+def test_it_answers_absurd_numbers_with_a_400_naming_the_field(
+    alice_client: APIClient, project: Project, small_csv: Path
+) -> None:
+    from recotem.retraining.models import RetrainingSchedule
+
+    for url, body, fields in _numeric_cases(project, small_csv):
+        for field in fields:
+            for value in ABSURD:
+                r = alice_client.post(url, {**body, field: value}, format="json")
+                assert r.status_code == 400, (url, field, value, r.content)
+                assert field in r.json(), (url, field, value, r.json())
+        # Just outside the documented ranges, too.
+        edges = {"n_heldout": 0, "n_test_users": 0, "random_seed": 2**31, "heldout_ratio": 1,
+                 "test_user_ratio": 0, "cutoff": 1001, "n_trials": 10_001, "n_tasks_parallel": 65,
+                 "timeout_overall": 0, "timeout_singlestep": 0, "max_retries": 21, "retry_backoff_seconds": 3601,
+                 "time_limit_seconds": 59, "gate_tolerance": 1.01}
+        for field in fields:
+            r = alice_client.post(url, {**body, field: edges[field]}, format="json")
+            assert r.status_code == 400 and field in r.json(), (url, field, r.content)
+        # The valid body itself is accepted, so the 400s above are about the numbers.
+        r = alice_client.post(url, body, format="json")
+        assert r.status_code == 201, (url, r.content)
+    assert RetrainingSchedule.objects.count() == 1

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import ML100K, REPO_ROOT, require
+from recotem.testing import processes
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +30,6 @@ pytestmark = pytest.mark.integration
 PG_ADMIN_URL = os.environ.get("RECOTEM_IT_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RECOTEM_IT_REDIS_URL", "redis://127.0.0.1:6379/11")
 PASSWORD = "admin-password-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -60,9 +52,7 @@ class Stack:
 
 
 def _start(stack: Stack, name: str, cmd: list[str]) -> None:
-    log = open(stack.data_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-    stack.procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=stack.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True))
+    stack.procs.append(processes.start(cmd, stack.env, stack.data_dir / f"{name}.log", cwd=REPO_ROOT))
 
 
 @pytest.fixture
@@ -72,36 +62,26 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
     def make(*, database_url: str | None = None, broker_url: str | None = None, workers: int = 1) -> Stack:
         data_dir = tmp_path / f"stack{len(stacks)}"
         data_dir.mkdir()
-        env = {k: v for k, v in os.environ.items()
-               if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "RECOTEM_TEST_DATABASE_NAME",
-                            "RECOTEM_TASKS_EAGER", "DJANGO_SETTINGS_MODULE"}}
-        env.update(RECOTEM_DATA_DIR=str(data_dir), SECRET_KEY=secrets.token_urlsafe(40),
-                   RECOTEM_ADMIN_USERNAME="admin", RECOTEM_ADMIN_PASSWORD=PASSWORD,
-                   DJANGO_SETTINGS_MODULE="recotem.settings", PYTHONUNBUFFERED="1")
+        env = processes.process_env(data_dir, SECRET_KEY=secrets.token_urlsafe(40), RECOTEM_ADMIN_USERNAME="admin",
+                                    RECOTEM_ADMIN_PASSWORD=PASSWORD, DJANGO_SETTINGS_MODULE="recotem.settings")
         if database_url:
             env["DATABASE_URL"] = database_url
         if broker_url:
             env["CELERY_BROKER_URL"] = broker_url
-        port = _free_port()
+        port = processes.free_port()
         stack = Stack(base=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env)
         stacks.append(stack)
-        subprocess.run([sys.executable, "-m", "recotem.cli", "migrate"], cwd=REPO_ROOT, env=env, check=True,
+        subprocess.run(processes.recotem("migrate"), cwd=REPO_ROOT, env=env, check=True,
                        capture_output=True)
-        _start(stack, "web", [sys.executable, "-m", "recotem.cli", "web", "--host", "127.0.0.1",
-                              "--port", str(port)])
+        _start(stack, "web", processes.recotem("web", "--host", "127.0.0.1", "--port", str(port)))
         for i in range(workers):
-            _start(stack, f"worker{i}", [sys.executable, "-m", "celery", "-A", "recotem", "worker", "-l", "INFO",
-                                         "-c", "1", "-Q", "celery,tuning,retraining", "-n", f"w{i}@%h",
-                                         "--without-gossip", "--without-mingle", "--without-heartbeat"])
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{stack.base}/api/v1/ping/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, stack.logs()
-            time.sleep(0.3)
+            _start(stack, f"worker{i}", processes.celery(
+                "worker", "-l", "INFO", "-c", "1", "-Q", "celery,tuning,retraining", "-n", f"w{i}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat"))
+        try:
+            processes.wait_http_ok(f"{stack.base}/api/v1/ping/", timeout=60, proc=stack.procs[0])
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}\n{stack.logs()}")
         login = httpx.post(f"{stack.base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD})
         assert login.status_code == 200, login.text
         stack.client = httpx.Client(base_url=f"{stack.base}/api/v1", timeout=60,
@@ -110,15 +90,7 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for stack in stacks:
-        for proc in stack.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in stack.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        processes.stop(*stack.procs)
         if stack.client is not None:
             stack.client.close()
 
@@ -126,19 +98,9 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database for one test, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        require(False, f"PostgreSQL unreachable at {PG_ADMIN_URL}: {exc}")
-        raise
-    name = f"recotem_it_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    require(processes.postgres_available(PG_ADMIN_URL), f"PostgreSQL unreachable at {PG_ADMIN_URL}")
+    with processes.fresh_postgres_database(admin=PG_ADMIN_URL) as url:
+        yield url
 
 
 @pytest.fixture

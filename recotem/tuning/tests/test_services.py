@@ -119,3 +119,53 @@ def test_it_fails_only_unfinished_jobs_from_the_chord_errback(project: Project, 
     services.tuning_job_fail(job_id=job.pk, message="late")
     job.refresh_from_db()
     assert job.status == "COMPLETED" and job.error == ""
+
+
+def test_a_duplicate_start_message_does_not_restart_a_running_job(project: Project, small_csv: Path) -> None:
+    job = make_job(project, small_csv, n_trials=2, tried_algorithms=["TopPopRecommender"])
+    assert services.tuning_job_start(job_id=job.pk)
+    # A second delivery of the message (acks_late redelivery) finds the job RUNNING: no work.
+    assert not services.tuning_job_start(job_id=job.pk)
+    assert TaskLog.objects.filter(tuning_job=job, contents__startswith="Tuning ").count() == 1
+
+
+def test_a_duplicate_finish_callback_cannot_create_a_second_configuration_or_model(
+    project: Project, small_csv: Path
+) -> None:
+    from django.db.models.signals import post_save
+
+    from recotem.training.models import TrainedModel
+
+    job = make_job(project, small_csv, n_trials=3, tried_algorithms=["TopPopRecommender", "RP3betaRecommender"])
+    assert services.tuning_job_start(job_id=job.pk)
+    services.tuning_job_run_trials(job_id=job.pk)
+    duplicates: list[ParameterTuningJob] = []
+
+    def deliver_again(sender: object, instance: TaskLog, created: bool, **kwargs: object) -> None:
+        # The chord callback delivered a second time while the first is still finishing.
+        if created and instance.tuning_job_id == job.pk and instance.contents.startswith("Best: ") and not duplicates:
+            duplicates.append(services.tuning_job_finish(job_id=job.pk))
+
+    post_save.connect(deliver_again, sender=TaskLog, weak=False)
+    try:
+        finished = services.tuning_job_finish(job_id=job.pk)
+    finally:
+        post_save.disconnect(deliver_again, sender=TaskLog)
+    assert finished.status == "COMPLETED", finished.error
+    assert len(duplicates) == 1 and duplicates[0].status == "RUNNING"
+    assert ModelConfiguration.objects.filter(tuning_job=job).count() == 1
+    assert TrainedModel.objects.filter(project=project).count() == 1
+    assert services.tuning_job_finish(job_id=job.pk).tuned_model_id == finished.tuned_model_id
+
+
+def test_a_tuning_task_keeps_the_job_heartbeat_fresh(project: Project, small_csv: Path, settings: object) -> None:
+    job = make_job(project, small_csv, n_trials=2, tried_algorithms=["TopPopRecommender"])
+    assert services.tuning_job_start(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.heartbeat_at is not None and job.heartbeat_at >= job.started_at
+    ParameterTuningJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert services.tuning_job_heartbeat(job_id=job.pk)
+    job.refresh_from_db()
+    assert timezone.now() - job.heartbeat_at < timedelta(seconds=5)
+    ParameterTuningJob.objects.filter(pk=job.pk).update(status="FAILED")
+    assert not services.tuning_job_heartbeat(job_id=job.pk)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["foundation.py", "ml_holdout.py", "ml_scale.py", "inference.py", "retraining.py"]
+BENCHES = ["foundation.py", "ml_holdout.py", "ml_scale.py", "inference.py", "retraining.py", "ui.py"]
 
 
 def machine() -> str:

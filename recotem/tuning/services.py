@@ -190,6 +190,7 @@ def study_storage(job: ParameterTuningJob) -> Any:
     db = settings.DATABASES["default"]
     if not settings.IS_SQLITE:
         from sqlalchemy.engine import URL
+        from sqlalchemy.pool import NullPool
 
         url = URL.create(
             "postgresql+psycopg",
@@ -201,7 +202,9 @@ def study_storage(job: ParameterTuningJob) -> Any:
         )
         return optuna.storages.RDBStorage(
             url.render_as_string(hide_password=False),
-            engine_kwargs={"pool_pre_ping": True},
+            # No pool: a storage is made per task, and pooled connections outlived it (up to 7
+            # idle connections per worker child were seen), eating PostgreSQL's client limit.
+            engine_kwargs={"poolclass": NullPool},
             skip_compatibility_check=True,
         )
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -153,7 +152,11 @@ def test_it_shows_runs_with_gate_scores_and_a_metric_chart(web: Client, project:
     assert 'hx-trigger="every 2s"' not in body
 
 
-def test_it_pages_1000_runs_under_300ms(web: Client, project: Project) -> None:
+def test_it_pages_1000_runs_with_a_bounded_number_of_queries(
+    web: Client, project: Project, django_assert_max_num_queries: Any
+) -> None:
+    # Page time with 1,000 runs (goal < 300 ms) is measured by bench/ui.py; here the page must not
+    # grow with the history: a fixed, small number of queries whatever the page.
     config = _config(project)
     web.post(f"/projects/{project.pk}/retraining/", _form(config))
     schedule = RetrainingSchedule.objects.get()
@@ -163,12 +166,9 @@ def test_it_pages_1000_runs_under_300ms(web: Client, project: Project) -> None:
                       metrics={"ndcg@10": 0.3 + i / 10000})
         for i in range(1000)
     )
-    web.get(f"/projects/{project.pk}/retraining/")  # warm imports (plotly) once
     for url in ("retraining/", "retraining/runs/?page=7", "", "retraining/runs/?page=999"):
-        start = time.perf_counter()
-        response = web.get(f"/projects/{project.pk}/{url}")
-        elapsed = time.perf_counter() - start
+        with django_assert_max_num_queries(30):
+            response = web.get(f"/projects/{project.pk}/{url}")
         assert response.status_code == 200
-        assert elapsed < 0.3, (url, elapsed)
     body = web.get(f"/projects/{project.pk}/retraining/").content.decode()
     assert body.count("data-run-id=") == 20 and "Page 1 of 50" in body

@@ -6,6 +6,9 @@ import os
 
 from celery import Celery
 
+from recotem import broker
+
+broker.register()  # before any connection: the default broker URL uses its scheme
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recotem.settings")
 
 app = Celery("recotem")

@@ -68,7 +68,8 @@ def secret_key() -> str:
 
 
 def default_broker_url() -> str:
-    return f"sqla+sqlite:///{data_dir() / 'broker.sqlite3'}"
+    # recotem.broker registers this scheme: kombu's SQLAlchemy transport, polled faster.
+    return f"recotemsqla+sqlite:///{data_dir() / 'broker.sqlite3'}"
 
 
 def broker_url() -> str:
@@ -76,4 +77,4 @@ def broker_url() -> str:
 
 
 def broker_is_embedded(url: str) -> bool:
-    return url.startswith("sqla+")
+    return url.startswith(("sqla+", "recotemsqla+"))

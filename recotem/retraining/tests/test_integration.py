@@ -181,6 +181,17 @@ def test_it_retrains_on_schedule_with_real_processes(
             raise
 
 
+def _served_within(api: httpx.Client, project_id: int, key: str, model_id: int, seconds: float) -> None:
+    """The inference API answers for the project with `model_id` within `seconds` (hot swap)."""
+
+    def served() -> bool:
+        response = api.post(f"/inference/predict/project/{project_id}", json={"user_id": "1", "cutoff": 5},
+                            headers={"X-API-Key": key})
+        return response.status_code == 200 and response.json()["model_id"] == model_id
+
+    wait_until(served, seconds, interval=0.2, message=f"inference serving model {model_id}")
+
+
 def _scenarios(api: httpx.Client, hook_port: int, source_url: str, a_csv: Path, f_csv: Path,
                later_rows: pd.DataFrame, backend: dict[str, Any], worker: subprocess.Popen[bytes]) -> None:
     # F first: its long training must be running before we kill it.
@@ -279,6 +290,8 @@ def _scenarios(api: httpx.Client, hook_port: int, source_url: str, a_csv: Path, 
 
     first_b = wait_until(b_completed(1), 30, interval=1, message="B first")[-1]
     assert first_b["gate_decision"] == "deployed"
+    key = api.post("/api/v1/api_keys/", json={"project": pid_b, "name": "app", "scopes": ["predict"]}).json()["key"]
+    _served_within(api, pid_b, key, first_b["trained_model"], seconds=5)
     if backend["pg_source"]:
         import sqlalchemy as sa
 
@@ -293,6 +306,7 @@ def _scenarios(api: httpx.Client, hook_port: int, source_url: str, a_csv: Path, 
     assert len(slots) == 1 and slots[0]["weight"] == 100
     assert slots[0]["trained_model"] == second_b["trained_model"] != first_b["trained_model"]
     assert second_b["gate_decision"] == "deployed" and second_b["deployed_slot"] == slots[0]["id"]
+    _served_within(api, pid_b, key, second_b["trained_model"], seconds=5)
 
     # E: fired at the announced instant (within the beat's few seconds).
     runs_e = wait_until(lambda: _runs(api, sched_e["id"]), 30, message="E fired")

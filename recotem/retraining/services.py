@@ -55,6 +55,10 @@ def _stale_after() -> timedelta:
     return timedelta(seconds=getattr(settings, "RECOTEM_RUN_STALE_SECONDS", 60))
 
 
+# How long a parallel tuning job may go without a heartbeat while its trial tasks wait in the queue.
+PARALLEL_TUNING_QUEUE_WAIT = timedelta(hours=1)
+
+
 def _reaper_seconds() -> int:
     return int(getattr(settings, "RECOTEM_REAPER_SECONDS", 30))
 
@@ -459,11 +463,19 @@ def _reap_stale_jobs(now: datetime) -> dict[str, int]:
         stale = model_cls.objects.filter(status=JobStatus.RUNNING).annotate(
             last_seen=Coalesce("heartbeat_at", "started_at", "created_at")
         ).filter(last_seen__lt=cutoff)
+        if model_cls is ParameterTuningJob:
+            # A parallel job's trial tasks may wait in the tuning queue behind other work, with
+            # nobody beating for the job meanwhile: give those jobs a longer, still finite, wait.
+            stale = stale.filter(
+                Q(n_tasks_parallel__lte=1) | Q(last_seen__lt=now - PARALLEL_TUNING_QUEUE_WAIT)
+            )
         for pk, project_id, last_seen in stale.values_list("pk", "project_id", "last_seen"):
             message = f"worker lost (no heartbeat for {int((now - last_seen).total_seconds())} s)"
             updated = model_cls.objects.filter(pk=pk, status=JobStatus.RUNNING).annotate(
                 last_seen=Coalesce("heartbeat_at", "started_at", "created_at")
-            ).filter(last_seen__lt=cutoff).update(status=JobStatus.FAILED, error=message, completed_at=now)
+            ).filter(last_seen__lt=last_seen + timedelta(microseconds=1)).update(
+                status=JobStatus.FAILED, error=message, completed_at=now
+            )
             if updated:
                 report[key] += 1
                 task_log(project_id=project_id, level="ERROR", contents=f"{model_cls.__name__} #{pk}: {message}",

@@ -65,6 +65,22 @@ def test_the_reaper_fails_models_and_tuning_jobs_whose_heartbeat_stopped(
     assert TaskLog.objects.filter(trained_model=lost_model, level="ERROR").exists()
 
 
+def test_the_reaper_waits_longer_for_parallel_tuning_jobs_queued_behind_other_work(
+    project: Project, data: TrainingData, split: SplitConfig, evaluation: EvaluationConfig,
+) -> None:
+    now = timezone.now()
+    queued = now - timedelta(minutes=10)
+    abandoned = now - services.PARALLEL_TUNING_QUEUE_WAIT - timedelta(minutes=1)
+    waiting = _job(project, data, split, evaluation, status="RUNNING", started_at=queued, heartbeat_at=queued,
+                   n_tasks_parallel=2)
+    lost = _job(project, data, split, evaluation, status="RUNNING", started_at=abandoned, heartbeat_at=abandoned,
+                n_tasks_parallel=2)
+    assert services.runs_reap(now=now)["tuning_jobs_lost"] == 1
+    waiting.refresh_from_db()
+    lost.refresh_from_db()
+    assert waiting.status == "RUNNING" and lost.status == "FAILED"
+
+
 def test_the_reaper_fails_the_model_and_tuning_job_of_a_run_it_ends(
     schedule: RetrainingSchedule, project: Project, config: ModelConfiguration, data: TrainingData,
     split: SplitConfig, evaluation: EvaluationConfig,

@@ -74,7 +74,7 @@ def worker_command(concurrency: int | None = None, queues: str | None = None) ->
 def beat_command() -> list[str]:
     return _python_module(
         "celery", "-A", "recotem", "beat", "-l", "INFO",
-        "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
+        "--scheduler", "recotem.retraining.scheduler:RetrainingScheduler",
         "--schedule", os.devnull,
     )
 

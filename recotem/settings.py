@@ -208,7 +208,7 @@ CELERY_TASK_ROUTES = {
     "recotem.retraining.tasks.run_retraining": {"queue": "retraining"},
     "recotem.retraining.tasks.retrain_model": {"queue": "retraining"},
 }
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "recotem.retraining.scheduler:RetrainingScheduler"  # a DatabaseScheduler
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = config.env_bool("RECOTEM_TASKS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True

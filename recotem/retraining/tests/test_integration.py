@@ -1,4 +1,4 @@
-"""Scheduled retraining with real processes: web, a Celery worker and beat (DatabaseScheduler).
+"""Scheduled retraining with real processes: web, a Celery worker and beat (DatabaseScheduler or ours).
 
 Run once on the embedded default (SQLite + SQLAlchemy broker) and once on PostgreSQL + Redis.
 All scenarios share one session so the real minutes they wait for overlap:
@@ -87,15 +87,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
     if request.param == "embedded":
         src = tmp_path / "src"
         src.mkdir()
-        yield {"env": {}, "source_dir": src, "pg_source": None}
+        # `recotem beat`: our DatabaseScheduler subclass, which records runs in beat itself.
+        yield {"env": {}, "source_dir": src, "pg_source": None, "beat": recotem("beat")}
         return
     require(postgres_available() and redis_available(), "PostgreSQL and Redis are needed")
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     with fresh_postgres_database("recotem_rt") as db_url, fresh_postgres_database("recotem_rt_src") as src_url:
+        # The stock scheduler as the seed docs run it: the worker then records the run.
+        stock_beat = celery("beat", "-l", "INFO", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler")
         yield {"env": {"DATABASE_URL": db_url, "CELERY_BROKER_URL": REDIS_URL}, "source_dir": None,
-               "pg_source": src_url}
+               "pg_source": src_url, "beat": stock_beat}
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
@@ -165,9 +168,7 @@ def test_it_retrains_on_schedule_with_real_processes(
         worker = stack.enter_context(running(
             celery("worker", "-l", "INFO", "-Q", "celery,retraining,tuning", "--concurrency", "3"), env,
             logs / "worker.log"))
-        stack.enter_context(running(
-            celery("beat", "-l", "INFO", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"),
-            env, logs / "beat.log"))
+        stack.enter_context(running(backend["beat"], env, logs / "beat.log"))
         base = f"http://127.0.0.1:{port}"
         wait_http_ok(f"{base}/api/v1/ping/", timeout=60)
         token = httpx.post(f"{base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD}).json()

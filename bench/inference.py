@@ -164,7 +164,7 @@ def main() -> str:
     ]
     for c in (1, 16):
         r = ref[c]
-        lines.append(f"| reference recotem 2.1.0 `serve` | {c} | {r['rps']} | {r['p50'] or '—'} | {r['p99']} | — |")
+        lines.append(f"| reference recotem 2.1.0 `serve` (issue's figures, same machine kind, not re-run) | {c} | {r['rps']} | {r['p50'] or '—'} | {r['p99']} | — |")
         for name, label in (("recotem", "recotem inference"), ("bare", "bare ASGI (same JSON parse, same size)")):
             m = rows[name][c]
             lines.append(f"| {label} | {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']} |")

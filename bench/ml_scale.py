@@ -363,8 +363,7 @@ def main() -> None:
           f"task gets cores/2 threads. Sum of trial durations (n_tasks_parallel→s): "
           f"{sums}. Queue delay POST → RUNNING: {queues}. 1-min load average after each job: {loads} "
           f"(other work on the machine makes these walls noisy). PostgreSQL connections held by this stack "
-          f"after each job: {conns} - mostly the ASGI web process (Django persistent connections, "
-          f"CONN_MAX_AGE=60, under uvicorn: one per recent request thread).")
+          f"after each job: {conns} (connections are not kept between requests under ASGI).")
 
 
 if __name__ == "__main__":

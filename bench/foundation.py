@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,22 +13,16 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from recotem.testing.processes import free_port, process_env, recotem, running, wait_http_ok  # noqa: E402
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _web_pid(up_pid: int) -> int:
-    children = subprocess.run(["pgrep", "-P", str(up_pid)], capture_output=True, text=True).stdout.split()
-    for pid in children:
-        if "uvicorn" in Path(f"/proc/{pid}/cmdline").read_text():
-            return int(pid)
-    raise RuntimeError("web process not found")
+from recotem.testing.processes import (  # noqa: E402
+    children,
+    command_line,
+    free_port,
+    peak_rss_mb,
+    process_env,
+    recotem,
+    running,
+    wait_http_ok,
+)
 
 
 def main() -> None:
@@ -52,8 +45,8 @@ def main() -> None:
                     "rating": rng.integers(1, 6, n), "timestamp": rng.integers(1_500_000_000, 1_700_000_000, n),
                 }).to_csv(csv_path, index=False)
                 size_mb = csv_path.stat().st_size / 1e6
-                web = _web_pid(up.pid)
-                before = _peak_rss_mb(web)
+                web = next(pid for pid in children(up.pid) if "uvicorn" in command_line(pid))
+                before = peak_rss_mb(web)
                 token = httpx.post(f"{base}/api/v1/auth/login/", json={"username": "admin", "password": "bench-pass-123"}).json()["access"]
                 headers = {"Authorization": f"Bearer {token}"}
                 project = httpx.post(f"{base}/api/v1/project/", json={"name": "big", "user_column": "user_id", "item_column": "item_id", "time_column": "timestamp"}, headers=headers).json()
@@ -63,7 +56,7 @@ def main() -> None:
                                           files={"file": ("big.csv", fh)}, headers=headers, timeout=600)
                 upload_s = time.monotonic() - t0
                 assert response.status_code == 201, response.text
-                after = _peak_rss_mb(web)
+                after = peak_rss_mb(web)
     print("### Foundation (`bench/foundation.py`)\n")
     print("| measure | value | goal |\n|---|---|---|")
     print(f"| `recotem up` on a fresh data dir → first HTTP 200 (3 runs) | median {statistics.median(startups):.1f} s (max {max(startups):.1f} s) | ≤ 15 s |")

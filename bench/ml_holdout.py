@@ -12,7 +12,6 @@ processes (where tuning and training run).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,25 +25,18 @@ sys.path.insert(0, str(ROOT.parent / "shared" / "tools"))
 
 import holdout_protocol as hp  # noqa: E402
 
-from recotem.testing.processes import free_port, process_env, recotem, running, wait_http_ok  # noqa: E402
+from recotem.testing.processes import (  # noqa: E402
+    command_line,
+    descendants,
+    free_port,
+    peak_rss_mb,
+    process_env,
+    recotem,
+    running,
+    wait_http_ok,
+)
 
 REFERENCE = "recotem 2.1.0 (issue's figures, same machine kind): 22–24 s wall, 364 MB peak RSS, nDCG@10 0.444"
-
-
-def _tree(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    pids = [int(p) for p in out]
-    return pids + [q for p in pids for q in _tree(p)]
-
-
-def _hwm_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def main() -> None:
@@ -80,8 +72,8 @@ def main() -> None:
         assert job["status"] == "COMPLETED", job.get("error")
         model = api.get(f"/api/v1/trained_model/{job['tuned_model']}/").json()
         wall = time.perf_counter() - started
-        worker_peak = max(_hwm_mb(pid) for pid in _tree(up.pid) if "celery" in Path(f"/proc/{pid}/cmdline").read_text()
-                          and "worker" in Path(f"/proc/{pid}/cmdline").read_text())
+        worker_peak = max(peak_rss_mb(pid) for pid in descendants(up.pid)
+                          if "celery" in command_line(pid) and "worker" in command_line(pid))
         api.post("/api/v1/deployment_slot/", json={"project": project["id"], "name": "main",
                                                     "trained_model": model["id"]})
         key = api.post("/api/v1/api_keys/", json={"project": project["id"], "name": "bench",

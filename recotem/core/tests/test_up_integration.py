@@ -14,6 +14,7 @@ import pytest
 from conftest import require
 from recotem.testing.processes import (
     celery,
+    children,
     free_port,
     fresh_postgres_database,
     postgres_available,
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.integration
 def _login(base: str) -> dict[str, str]:
     tokens = httpx.post(f"{base}/api/v1/auth/login/", json={"username": "admin", "password": "admin-pass-123"}).json()
     return {"Authorization": f"Bearer {tokens['access']}"}
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
 
 
 def test_it_runs_the_whole_app_and_uploads_ml100k(tmp_path: Path, ml100k_csv: Path) -> None:
@@ -81,11 +77,11 @@ def test_it_runs_the_whole_app_and_uploads_ml100k(tmp_path: Path, ml100k_csv: Pa
         assert json.loads(result.stdout.strip().splitlines()[-1])["pong"] is True
 
         # Ctrl-C / SIGTERM stops every child cleanly.
-        children = _children(up.pid)
-        assert len(children) == 3
+        supervised = children(up.pid)
+        assert len(supervised) == 3
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=30) == 0
-        for child in children:
+        for child in supervised:
             assert subprocess.run(["kill", "-0", str(child)], capture_output=True).returncode != 0
     assert "Recotem is starting at" in log.read_text()
 
@@ -96,8 +92,8 @@ def test_it_exits_non_zero_when_a_child_dies(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     with running(recotem("up", "--port", str(port)), env, log) as up:
         wait_http_ok(f"http://127.0.0.1:{port}/api/v1/ping/", timeout=90, proc=up)
-        children = wait_until(lambda: len(c := _children(up.pid)) == 3 and c, timeout=10, message="3 children")
-        subprocess.run(["kill", "-9", str(children[-1])], check=True)  # beat
+        supervised = wait_until(lambda: len(c := children(up.pid)) == 3 and c, timeout=10, message="3 children")
+        subprocess.run(["kill", "-9", str(supervised[-1])], check=True)  # beat
         assert up.wait(timeout=30) == 1
     assert "process exited with code" in log.read_text()
 

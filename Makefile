@@ -22,17 +22,23 @@ run: install
 	$(BIN)/recotem up
 
 lint: install
-	$(BIN)/ruff check recotem bench
+	$(BIN)/ruff check recotem bench conftest.py
+	$(BIN)/ruff format --check recotem bench conftest.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy recotem
 
 # The whole suite on SQLite (unit, integration with real processes, browser), then the
 # database-facing tests again on PostgreSQL.
 test: install lint test-sqlite test-postgres
 
+# Unit tests share the two cores (pytest-xdist, one database and data dir per worker); tests
+# that start real processes run a file per worker (each file shares its processes).
 test-sqlite: install
-	$(BIN)/pytest recotem
+	$(BIN)/pytest recotem -m "not integration and not browser" -n 2
+	$(BIN)/pytest recotem -m "integration or browser" -n 2 --dist loadfile
 
 test-postgres: install
-	DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest recotem -m "not browser and not integration" --ignore=recotem/ml --ignore=recotem/lib
+	DATABASE_URL=$(PG_TEST_URL) $(BIN)/pytest recotem -m "not browser and not integration" --ignore=recotem/ml --ignore=recotem/lib -n 2
 
 bench: install
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)

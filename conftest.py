@@ -13,7 +13,19 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _shared_data() -> Path:
+    """``shared/data`` beside the checkout, or beside an ancestor (a git worktree under
+    ``/work/wt/<name>`` shares ``/work/shared``)."""
+    for parent in REPO_ROOT.parents:
+        candidate = parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 ML100K = SHARED_DATA / "ml-100k" / "u.data"
 
 
@@ -35,5 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
             psycopg.connect(url, connect_timeout=3).close()
         except psycopg.OperationalError as exc:
             if os.environ.get("RECOTEM_REQUIRE_SERVICES") == "1":
-                raise pytest.UsageError(f"PostgreSQL is required but unreachable at {url}: {exc}") from None
+                raise pytest.UsageError(
+                    f"PostgreSQL is required but unreachable at {url}: {exc}"
+                ) from None
             pytest.exit(f"skipped: PostgreSQL unreachable at {url} ({exc})", returncode=0)

@@ -68,7 +68,9 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, flo
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
     if match is None:
@@ -102,7 +104,11 @@ def swap_under_load(env: dict[str, str], base: str, world: dict, script: Path) -
                 break
             time.sleep(0.02)
     load.join()
-    return {"failed": result["errors"], "requests": result["requests"], "swap_seconds": seen if seen is not None else float("nan")}
+    return {
+        "failed": result["errors"],
+        "requests": result["requests"],
+        "swap_seconds": seen if seen is not None else float("nan"),
+    }
 
 
 def main() -> str:
@@ -111,19 +117,37 @@ def main() -> str:
     if not ML100K.exists():
         raise SystemExit(f"MovieLens-100k not found at {ML100K}")
     tmp = Path(tempfile.mkdtemp(prefix="recotem-bench-inference-"))
-    df = pd.read_csv(ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"])
+    df = pd.read_csv(
+        ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"]
+    )
     csv = tmp / "ml100k.csv"
     df.to_csv(csv, index=False)
     (tmp / "data").mkdir()
     env = isolated_env(tmp / "data")
     t0 = time.monotonic()
-    world = json.loads(run_cli(env, "setup", "--csv", str(csv), "--models",
-                               'IALS:{"n_components": 64}', 'IALS:{"n_components": 32}', "--weights", "100"))
-    print(f"set up and trained in {time.monotonic() - t0:.1f} s: {world['model_ids']}", file=sys.stderr)
+    world = json.loads(
+        run_cli(
+            env,
+            "setup",
+            "--csv",
+            str(csv),
+            "--models",
+            'IALS:{"n_components": 64}',
+            'IALS:{"n_components": 32}',
+            "--weights",
+            "100",
+        )
+    )
+    print(
+        f"set up and trained in {time.monotonic() - t0:.1f} s: {world['model_ids']}",
+        file=sys.stderr,
+    )
     path = f"/inference/predict/project/{world['project_id']}"
     users = sorted(df["user_id"].astype(str).unique().tolist())
     script = tmp / "predict.lua"
-    script.write_text(LUA % {"users": ",".join(f'"{u}"' for u in users), "path": path, "key": world["key"]})
+    script.write_text(
+        LUA % {"users": ",".join(f'"{u}"' for u in users), "path": path, "key": world["key"]}
+    )
 
     rows: dict[str, dict[int, dict[str, float]]] = {"recotem": {}, "bare": {}}
     port, bare_port = free_port(), free_port()
@@ -131,12 +155,17 @@ def main() -> str:
     base = f"http://127.0.0.1:{port}"
     bare = None
     try:
-        sample = httpx.post(base + path, json={"user_id": "1", "cutoff": 10}, headers={"X-API-Key": world["key"]})
+        sample = httpx.post(
+            base + path, json={"user_id": "1", "cutoff": 10}, headers={"X-API-Key": world["key"]}
+        )
         sample.raise_for_status()
         assert len(sample.json()["items"]) == 10
         size = len(sample.content)
-        bare = start_server("bare_asgi:app", {**env, "BARE_RESPONSE_BYTES": str(size),
-                                              "PYTHONPATH": str(ROOT / "bench")}, bare_port)
+        bare = start_server(
+            "bare_asgi:app",
+            {**env, "BARE_RESPONSE_BYTES": str(size), "PYTHONPATH": str(ROOT / "bench")},
+            bare_port,
+        )
         urls = {"recotem": base + path, "bare": f"http://127.0.0.1:{bare_port}{path}"}
         for url in urls.values():
             wrk(url, script, 16, 3)  # warm-up (every user's answer memoised once)
@@ -164,10 +193,17 @@ def main() -> str:
     ]
     for c in (1, 16):
         r = ref[c]
-        lines.append(f"| reference recotem 2.1.0 `serve` (issue's figures, same machine kind, not re-run) | {c} | {r['rps']} | {r['p50'] or '—'} | {r['p99']} | — |")
-        for name, label in (("recotem", "recotem inference"), ("bare", "bare ASGI (same JSON parse, same size)")):
+        lines.append(
+            f"| reference recotem 2.1.0 `serve` (issue's figures, same machine kind, not re-run) | {c} | {r['rps']} | {r['p50'] or '—'} | {r['p99']} | — |"
+        )
+        for name, label in (
+            ("recotem", "recotem inference"),
+            ("bare", "bare ASGI (same JSON parse, same size)"),
+        ):
             m = rows[name][c]
-            lines.append(f"| {label} | {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']} |")
+            lines.append(
+                f"| {label} | {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']} |"
+            )
     ratio16 = ours[16]["rps"] / base_rows[16]["rps"] * 100
     ratio1 = ours[1]["rps"] / base_rows[1]["rps"] * 100
     lines += [
@@ -186,7 +222,9 @@ def main() -> str:
 
 def _called_by_runner() -> bool:
     try:
-        return "bench/run.py" in Path(f"/proc/{os.getppid()}/cmdline").read_text().replace("\0", " ")
+        return "bench/run.py" in Path(f"/proc/{os.getppid()}/cmdline").read_text().replace(
+            "\0", " "
+        )
     except OSError:
         return False
 
@@ -194,10 +232,14 @@ def _called_by_runner() -> bool:
 if __name__ == "__main__":
     section = main()
     print(section)
-    if not _called_by_runner() and not os.environ.get("BENCH_NO_APPEND"):  # bench/run.py appends our stdout itself, with the same header
+    if not _called_by_runner() and not os.environ.get(
+        "BENCH_NO_APPEND"
+    ):  # bench/run.py appends our stdout itself, with the same header
         out = ROOT / "BENCHMARKS.md"
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         if not out.exists():
             out.write_text("# Benchmarks\n\nAppended by `make bench`; newest last.\n")
         with out.open("a") as fh:
-            fh.write(f"\n## {stamp} — {platform.node()} · {os.cpu_count()} cores (bench/inference.py)\n\n{section}")
+            fh.write(
+                f"\n## {stamp} — {platform.node()} · {os.cpu_count()} cores (bench/inference.py)\n\n{section}"
+            )

@@ -80,12 +80,16 @@ def synthetic_csv(path: Path, seed: int = 0) -> dict[str, Any]:
     user_of_rank, item_of_rank = rng.permutation(N_USERS), rng.permutation(N_ITEMS)
 
     def draw(users: np.ndarray) -> np.ndarray:
-        return np.unique(users * N_ITEMS + item_of_rank[rng.choice(N_ITEMS, size=users.size, p=item_p)])
+        return np.unique(
+            users * N_ITEMS + item_of_rank[rng.choice(N_ITEMS, size=users.size, p=item_p)]
+        )
 
     counts = 1 + rng.multinomial(N_ROWS - N_USERS, user_p)
     pairs = draw(user_of_rank[np.repeat(np.arange(N_USERS), counts)])
     while pairs.size < N_ROWS:  # top up the pairs lost to repeats, with the same user weights
-        extra = user_of_rank[rng.choice(N_USERS, size=int((N_ROWS - pairs.size) * 1.1) + 100, p=user_p)]
+        extra = user_of_rank[
+            rng.choice(N_USERS, size=int((N_ROWS - pairs.size) * 1.1) + 100, p=user_p)
+        ]
         pairs = np.union1d(pairs, draw(extra))
     pairs = rng.permutation(pairs)
     # Trim the surplus from users with more than one row, so every user keeps at least one.
@@ -95,16 +99,26 @@ def synthetic_csv(path: Path, seed: int = 0) -> dict[str, Any]:
     drop = np.flatnonzero(~first)[:surplus]
     pairs = np.delete(pairs, drop)
     users, items = pairs // N_ITEMS, pairs % N_ITEMS
-    df = pd.DataFrame({
-        "user_id": users, "item_id": items,
-        "rating": rng.integers(1, 6, N_ROWS), "timestamp": rng.integers(1_500_000_000, 1_700_000_000, N_ROWS),
-    })
+    df = pd.DataFrame(
+        {
+            "user_id": users,
+            "item_id": items,
+            "rating": rng.integers(1, 6, N_ROWS),
+            "timestamp": rng.integers(1_500_000_000, 1_700_000_000, N_ROWS),
+        }
+    )
     df.to_csv(path, index=False)
     per_user = np.bincount(users, minlength=N_USERS)
     return {
-        "rows": len(df), "users": int(np.unique(users).size), "items": int(np.unique(items).size),
-        "csv_mb": path.stat().st_size / 1e6, "max_user": int(per_user.max()), "median_user": float(np.median(per_user)),
-        "top1pct_items_share": float(np.sort(np.bincount(items))[::-1][: N_ITEMS // 100].sum() / N_ROWS),
+        "rows": len(df),
+        "users": int(np.unique(users).size),
+        "items": int(np.unique(items).size),
+        "csv_mb": path.stat().st_size / 1e6,
+        "max_user": int(per_user.max()),
+        "median_user": float(np.median(per_user)),
+        "top1pct_items_share": float(
+            np.sort(np.bincount(items))[::-1][: N_ITEMS // 100].sum() / N_ROWS
+        ),
     }
 
 
@@ -141,7 +155,9 @@ def fit_child(csv_path: str) -> None:
 
     out: dict[str, Any] = {"baseline_mb": _status_mb("VmRSS")}
     t0 = time.perf_counter()
-    df = read_interactions(csv_path, user_column="user_id", item_column="item_id", time_column="timestamp")
+    df = read_interactions(
+        csv_path, user_column="user_id", item_column="item_id", time_column="timestamp"
+    )
     out["read_s"] = time.perf_counter() - t0
     out["df_mb"] = float(df.memory_usage(deep=True).sum() / 2**20)
     out["dtypes"] = {c: str(t) for c, t in df.dtypes.items()}
@@ -156,8 +172,10 @@ def fit_child(csv_path: str) -> None:
     out["after_fit_mb"] = _status_mb("VmRSS")
     out["params"] = fitted.parameters
     rec = fitted.recommender
-    out["defaults"] = {k: _plain(getattr(rec, k)) for k in ("n_components", "train_epochs", "solver_type", "loss_type",
-                                                     "alpha0", "reg")}
+    out["defaults"] = {
+        k: _plain(getattr(rec, k))
+        for k in ("n_components", "train_epochs", "solver_type", "loss_type", "alpha0", "reg")
+    }
     out["n_users"], out["n_items"] = len(fitted.user_ids), len(fitted.item_ids)
     out["X_dtype"] = str(rec.X_train_all.dtype)
     out["X_nnz"] = int(rec.X_train_all.nnz)
@@ -167,7 +185,9 @@ def fit_child(csv_path: str) -> None:
     out["dump_s"] = time.perf_counter() - t0
     out["artifact_mb"] = len(artifact) / 1e6
     out["dump_peak_mb"] = _status_mb("VmHWM")
-    out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # whole-process peak
+    out["maxrss_mb"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )  # whole-process peak
     print(json.dumps(out))
 
 
@@ -179,8 +199,14 @@ def bench_fit(tmp: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     t0 = time.perf_counter()
-    child = subprocess.run([sys.executable, __file__, "--fit-child", str(csv_path)], capture_output=True,
-                           text=True, cwd=ROOT, env=env, timeout=900)
+    child = subprocess.run(
+        [sys.executable, __file__, "--fit-child", str(csv_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=900,
+    )
     if child.returncode != 0:
         raise RuntimeError(f"fit child failed ({child.returncode}):\n{child.stderr[-4000:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -210,10 +236,16 @@ def _parse_ts(text: str) -> float:
 def _tune(api: httpx.Client, ids: dict[str, int], n_trials: int, parallel: int) -> dict[str, Any]:
     t0 = time.monotonic()
     posted_at = time.time()
-    r = api.post("/api/v1/parameter_tuning_job/", json={
-        "data": ids["data"], "split": ids["split"], "evaluation": ids["evaluation"], "n_trials": n_trials,
-        "n_tasks_parallel": parallel,
-    })
+    r = api.post(
+        "/api/v1/parameter_tuning_job/",
+        json={
+            "data": ids["data"],
+            "split": ids["split"],
+            "evaluation": ids["evaluation"],
+            "n_trials": n_trials,
+            "n_tasks_parallel": parallel,
+        },
+    )
     assert r.status_code == 201, r.text
     job = _wait_job(api, r.json()["id"])
     wall = time.monotonic() - t0
@@ -225,12 +257,17 @@ def _tune(api: httpx.Client, ids: dict[str, int], n_trials: int, parallel: int) 
     finished = [e["contents"] for e in entries if e["contents"].startswith("Tuning task ")]
     pids = sorted({t.split("pid ")[1].split(")")[0] for t in finished})
     return {
-        "id": job["id"], "parallel": parallel, "wall_s": wall, "trials": len(trials),
+        "id": job["id"],
+        "parallel": parallel,
+        "wall_s": wall,
+        "trials": len(trials),
         "trial_s_sum": sum(t.get("duration") or 0 for t in trials),
         "queue_s": _parse_ts(job["started_at"]) - posted_at,
         "run_s": _parse_ts(job["completed_at"]) - _parse_ts(job["started_at"]),
-        "best_score": job["best_score"], "test_ndcg": (job["test_metrics"] or {}).get("ndcg"),
-        "worker_pids": pids, "finished_logs": finished,
+        "best_score": job["best_score"],
+        "test_ndcg": (job["test_metrics"] or {}).get("ndcg"),
+        "worker_pids": pids,
+        "finished_logs": finished,
     }
 
 
@@ -244,7 +281,9 @@ def _connections(db_url: str) -> int:
 
     name = db_url.rsplit("/", 1)[1]
     with psycopg.connect(db_url.rsplit("/", 1)[0] + "/test") as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchone()
     return int(row[0]) if row else -1
 
 
@@ -255,40 +294,85 @@ def bench_parallel(tmp: Path) -> dict[str, Any]:
 
     redis.Redis.from_url(REDIS_URL).flushdb()  # leftovers of an aborted run must not be consumed
     csv_path = tmp / "ml100k.csv"
-    pd.read_csv(ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"]).to_csv(
-        csv_path, index=False)
+    pd.read_csv(
+        ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"]
+    ).to_csv(csv_path, index=False)
     data_dir = tmp / "data"
     data_dir.mkdir()
     with ExitStack() as stack:
         db_url = stack.enter_context(fresh_postgres_database("recotem_bench_scale"))
-        env = process_env(data_dir, RECOTEM_ADMIN_USERNAME="admin", RECOTEM_ADMIN_PASSWORD=PASSWORD,
-                          SECRET_KEY="bench-" + "k" * 44, DATABASE_URL=db_url, CELERY_BROKER_URL=REDIS_URL)
-        subprocess.run(recotem("migrate"), env=env, check=True, capture_output=True, timeout=300, cwd=ROOT)
+        env = process_env(
+            data_dir,
+            RECOTEM_ADMIN_USERNAME="admin",
+            RECOTEM_ADMIN_PASSWORD=PASSWORD,
+            SECRET_KEY="bench-" + "k" * 44,
+            DATABASE_URL=db_url,
+            CELERY_BROKER_URL=REDIS_URL,
+        )
+        subprocess.run(
+            recotem("migrate"), env=env, check=True, capture_output=True, timeout=300, cwd=ROOT
+        )
         port = free_port()
-        stack.enter_context(running(recotem("web", "--host", "127.0.0.1", "--port", str(port)), env,
-                                    tmp / "web.log"))
+        stack.enter_context(
+            running(
+                recotem("web", "--host", "127.0.0.1", "--port", str(port)), env, tmp / "web.log"
+            )
+        )
         for i in range(2):
-            stack.enter_context(running(
-                celery("worker", "-l", "INFO", "--concurrency", "1", "-Q", "celery,tuning,retraining",
-                       "-n", f"bench{i}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"),
-                env, tmp / f"worker{i}.log"))
+            stack.enter_context(
+                running(
+                    celery(
+                        "worker",
+                        "-l",
+                        "INFO",
+                        "--concurrency",
+                        "1",
+                        "-Q",
+                        "celery,tuning,retraining",
+                        "-n",
+                        f"bench{i}@%h",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                    ),
+                    env,
+                    tmp / f"worker{i}.log",
+                )
+            )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_http_ok(f"{base}/api/v1/ping/", timeout=90)
-            token = httpx.post(f"{base}/api/v1/auth/login/",
-                               json={"username": "admin", "password": PASSWORD}).json()["access"]
-            api = stack.enter_context(httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
-                                                   timeout=60))
-            project = api.post("/api/v1/project/", json={
-                "name": "ml100k", "user_column": "user_id", "item_column": "item_id", "time_column": "timestamp",
-            }).json()
+            token = httpx.post(
+                f"{base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD}
+            ).json()["access"]
+            api = stack.enter_context(
+                httpx.Client(
+                    base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+                )
+            )
+            project = api.post(
+                "/api/v1/project/",
+                json={
+                    "name": "ml100k",
+                    "user_column": "user_id",
+                    "item_column": "item_id",
+                    "time_column": "timestamp",
+                },
+            ).json()
             with open(csv_path, "rb") as fh:
-                data = api.post("/api/v1/training_data/", data={"project": str(project["id"])},
-                                files={"file": ("ml100k.csv", fh)})
+                data = api.post(
+                    "/api/v1/training_data/",
+                    data={"project": str(project["id"])},
+                    files={"file": ("ml100k.csv", fh)},
+                )
             assert data.status_code == 201, data.text
-            split = api.post("/api/v1/split_config/", json={"project": project["id"], "scheme": "RG"}).json()
-            evaluation = api.post("/api/v1/evaluation_config/", json={
-                "project": project["id"], "cutoff": 10, "target_metric": "ndcg"}).json()
+            split = api.post(
+                "/api/v1/split_config/", json={"project": project["id"], "scheme": "RG"}
+            ).json()
+            evaluation = api.post(
+                "/api/v1/evaluation_config/",
+                json={"project": project["id"], "cutoff": 10, "target_metric": "ndcg"},
+            ).json()
             ids = {"data": data.json()["id"], "split": split["id"], "evaluation": evaluation["id"]}
             # Warm-up (discarded): each worker's first fits of each algorithm pay imports/JIT.
             warm = [_tune(api, ids, N_TRIALS, parallel) for parallel in (2, 1)]
@@ -335,35 +419,53 @@ def main() -> None:
     peak_ok = "✅" if fit["fit_peak_mb"] <= RSS_GOAL_MB else "❌"
     print("### ML engine at scale (`bench/ml_scale.py`)\n")
     print("| measure | value | goal |\n|---|---|---|")
-    print(f"| synthetic power-law log | {d['rows']:,} rows, {d['users']:,} users × {d['items']:,} items, "
-          f"{fit['X_nnz']:,} distinct pairs (matrix {fit['X_dtype']}); user rows median {d['median_user']:.0f} / max {d['max_user']:,}; "
-          f"top 1 % of items = {d['top1pct_items_share']:.0%} of rows; CSV {d['csv_mb']:.0f} MB | — |")
-    print(f"| read through the upload path (`read_interactions`, Arrow strings) | {fit['read_s']:.1f} s; "
-          f"DataFrame {fit['df_mb']:.0f} MB; RSS {fit['baseline_mb']:.0f} MB (imports) → "
-          f"{fit['after_read_mb']:.0f} MB (peak {fit['read_peak_mb']:.0f} MB) | — |")
-    print(f"| one IALS fit, default parameters ({', '.join(f'{k}={v}' for k, v in shown.items())}): "
-          f"`train_model` (matrix + learn) | {fit['train_s']:.1f} s (learn {fit['learn_s']:.1f} s) | — |")
-    print(f"| peak RSS of the fit process (DataFrame held, as in the worker) | {fit['fit_peak_mb']:.0f} MB "
-          f"(RSS after fit {fit['after_fit_mb']:.0f} MB) {peak_ok} | ≤ {RSS_GOAL_MB} MB |")
-    print(f"| signed artifact (`dump_artifact`) | {fit['artifact_mb']:.1f} MB in {fit['dump_s']:.1f} s; "
-          f"peak RSS while dumping {fit['dump_peak_mb']:.0f} MB; whole-process ru_maxrss "
-          f"{fit['maxrss_mb']:.0f} MB | — |")
-    print(f"| tuning wall POST → COMPLETED, `n_tasks_parallel=1` ({N_TRIALS} trials, ml-100k, ndcg@10, "
-          f"incl. final fit) | median {wall[1]:.1f} s ({walls(1)}); "
-          f"best ndcg {scores(1)} | — |")
-    print(f"| same, `n_tasks_parallel=2` (chord of 2 trial tasks on one Optuna study) | "
-          f"median {wall[2]:.1f} s ({walls(2)}); best ndcg {scores(2)}; trial tasks ran in "
-          f"{len(two['worker_pids'])} worker pids | — |")
-    print(f"| speed-up parallel 2 vs 1 (median wall₁ / median wall₂) | {wall[1] / wall[2]:.2f}× | "
-          f"measured ({os.cpu_count()} cores) |")
-    print(f"\nSet-up: PostgreSQL (fresh database) + Redis, a live `recotem web`, two "
-          f"`celery -A recotem worker --concurrency 1` processes, {os.cpu_count()} cores; after two discarded "
-          f"warm-up jobs, {len(ORDER)} measured jobs in the order {'-'.join(map(str, ORDER))}. With "
-          f"n_tasks_parallel=1 the one task fits with irspack's default threads (all cores); with 2 each "
-          f"task gets cores/2 threads. Sum of trial durations (n_tasks_parallel→s): "
-          f"{sums}. Queue delay POST → RUNNING: {queues}. 1-min load average after each job: {loads} "
-          f"(other work on the machine makes these walls noisy). PostgreSQL connections held by this stack "
-          f"after each job: {conns} (connections are not kept between requests under ASGI).")
+    print(
+        f"| synthetic power-law log | {d['rows']:,} rows, {d['users']:,} users × {d['items']:,} items, "
+        f"{fit['X_nnz']:,} distinct pairs (matrix {fit['X_dtype']}); user rows median {d['median_user']:.0f} / max {d['max_user']:,}; "
+        f"top 1 % of items = {d['top1pct_items_share']:.0%} of rows; CSV {d['csv_mb']:.0f} MB | — |"
+    )
+    print(
+        f"| read through the upload path (`read_interactions`, Arrow strings) | {fit['read_s']:.1f} s; "
+        f"DataFrame {fit['df_mb']:.0f} MB; RSS {fit['baseline_mb']:.0f} MB (imports) → "
+        f"{fit['after_read_mb']:.0f} MB (peak {fit['read_peak_mb']:.0f} MB) | — |"
+    )
+    print(
+        f"| one IALS fit, default parameters ({', '.join(f'{k}={v}' for k, v in shown.items())}): "
+        f"`train_model` (matrix + learn) | {fit['train_s']:.1f} s (learn {fit['learn_s']:.1f} s) | — |"
+    )
+    print(
+        f"| peak RSS of the fit process (DataFrame held, as in the worker) | {fit['fit_peak_mb']:.0f} MB "
+        f"(RSS after fit {fit['after_fit_mb']:.0f} MB) {peak_ok} | ≤ {RSS_GOAL_MB} MB |"
+    )
+    print(
+        f"| signed artifact (`dump_artifact`) | {fit['artifact_mb']:.1f} MB in {fit['dump_s']:.1f} s; "
+        f"peak RSS while dumping {fit['dump_peak_mb']:.0f} MB; whole-process ru_maxrss "
+        f"{fit['maxrss_mb']:.0f} MB | — |"
+    )
+    print(
+        f"| tuning wall POST → COMPLETED, `n_tasks_parallel=1` ({N_TRIALS} trials, ml-100k, ndcg@10, "
+        f"incl. final fit) | median {wall[1]:.1f} s ({walls(1)}); "
+        f"best ndcg {scores(1)} | — |"
+    )
+    print(
+        f"| same, `n_tasks_parallel=2` (chord of 2 trial tasks on one Optuna study) | "
+        f"median {wall[2]:.1f} s ({walls(2)}); best ndcg {scores(2)}; trial tasks ran in "
+        f"{len(two['worker_pids'])} worker pids | — |"
+    )
+    print(
+        f"| speed-up parallel 2 vs 1 (median wall₁ / median wall₂) | {wall[1] / wall[2]:.2f}× | "
+        f"measured ({os.cpu_count()} cores) |"
+    )
+    print(
+        f"\nSet-up: PostgreSQL (fresh database) + Redis, a live `recotem web`, two "
+        f"`celery -A recotem worker --concurrency 1` processes, {os.cpu_count()} cores; after two discarded "
+        f"warm-up jobs, {len(ORDER)} measured jobs in the order {'-'.join(map(str, ORDER))}. With "
+        f"n_tasks_parallel=1 the one task fits with irspack's default threads (all cores); with 2 each "
+        f"task gets cores/2 threads. Sum of trial durations (n_tasks_parallel→s): "
+        f"{sums}. Queue delay POST → RUNNING: {queues}. 1-min load average after each job: {loads} "
+        f"(other work on the machine makes these walls noisy). PostgreSQL connections held by this stack "
+        f"after each job: {conns} (connections are not kept between requests under ASGI)."
+    )
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def sync_child(n: int) -> None:
 
     owner = get_user_model().objects.get(username="admin")
     projects = Project.objects.bulk_create(
-        [Project(owner=owner, name=f"bulk-{i}", user_column="user_id", item_column="item_id") for i in range(n)]
+        [
+            Project(owner=owner, name=f"bulk-{i}", user_column="user_id", item_column="item_id")
+            for i in range(n)
+        ]
     )
     sync_times: list[float] = []
     original = services.schedule_sync
@@ -115,63 +118,127 @@ def sync_child(n: int) -> None:
     t0 = time.perf_counter()
     report = services.schedule_reconcile()
     reconcile_s = time.perf_counter() - t0
-    print(json.dumps({"create": create_times, "sync": sync_times, "reconcile_s": reconcile_s, "report": report}))
+    print(
+        json.dumps(
+            {
+                "create": create_times,
+                "sync": sync_times,
+                "reconcile_s": reconcile_s,
+                "report": report,
+            }
+        )
+    )
 
 
 # --- parent ----------------------------------------------------------------------------------------
 class Backend:
-    def __init__(self, label: str, tmp: Path, extra_env: dict[str, str], ml_csv: Path, tiny_csv: Path) -> None:
+    def __init__(
+        self, label: str, tmp: Path, extra_env: dict[str, str], ml_csv: Path, tiny_csv: Path
+    ) -> None:
         self.label, self.tmp, self.ml_csv, self.tiny_csv = label, tmp, ml_csv, tiny_csv
         self.data_dir = tmp / "data"
         self.data_dir.mkdir(parents=True)
         self.env = process_env(
-            self.data_dir, RECOTEM_ADMIN_USERNAME="admin", RECOTEM_ADMIN_PASSWORD=PASSWORD,
-            SECRET_KEY="bench-" + "k" * 44, **extra_env,
+            self.data_dir,
+            RECOTEM_ADMIN_USERNAME="admin",
+            RECOTEM_ADMIN_PASSWORD=PASSWORD,
+            SECRET_KEY="bench-" + "k" * 44,
+            **extra_env,
         )
         self.result: dict[str, Any] = {"label": label}
 
     def run(self) -> dict[str, Any]:
         t0 = time.monotonic()
         self.result["load"] = [os.getloadavg()[0]]
-        subprocess.run(recotem("migrate"), env=self.env, check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            recotem("migrate"), env=self.env, check=True, capture_output=True, timeout=300
+        )
         log(f"{self.label}: migrated in {time.monotonic() - t0:.1f} s")
         port = free_port()
         logs = self.tmp
         with ExitStack() as stack:
-            stack.enter_context(running(recotem("web", "--port", str(port)), self.env, logs / "web.log"))
-            stack.enter_context(running(
-                celery("worker", "-l", "INFO", "-Q", "celery,retraining,tuning", "--concurrency", "2"),
-                self.env, logs / "worker.log"))
+            stack.enter_context(
+                running(recotem("web", "--port", str(port)), self.env, logs / "web.log")
+            )
+            stack.enter_context(
+                running(
+                    celery(
+                        "worker",
+                        "-l",
+                        "INFO",
+                        "-Q",
+                        "celery,retraining,tuning",
+                        "--concurrency",
+                        "2",
+                    ),
+                    self.env,
+                    logs / "worker.log",
+                )
+            )
             beat = stack.enter_context(running(recotem("beat"), self.env, logs / "beat.log"))
             base = f"http://127.0.0.1:{port}"
             wait_http_ok(f"{base}/api/v1/ping/", timeout=90)
-            token = httpx.post(f"{base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD}).json()
-            api = stack.enter_context(httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {token['access']}"}, timeout=60))
+            token = httpx.post(
+                f"{base}/api/v1/auth/login/", json={"username": "admin", "password": PASSWORD}
+            ).json()
+            api = stack.enter_context(
+                httpx.Client(
+                    base_url=base,
+                    headers={"Authorization": f"Bearer {token['access']}"},
+                    timeout=60,
+                )
+            )
             try:
                 self._scenarios(api, beat.pid)
             except BaseException:
                 for name in ("worker", "beat", "web"):
-                    log(f"--- {self.label} {name}.log\n" + (logs / f"{name}.log").read_text(errors="replace")[-4000:])
+                    log(
+                        f"--- {self.label} {name}.log\n"
+                        + (logs / f"{name}.log").read_text(errors="replace")[-4000:]
+                    )
                 raise
         self.result["load"].append(os.getloadavg()[0])
         log(f"{self.label}: done in {time.monotonic() - t0:.0f} s")
         return self.result
 
     # helpers -------------------------------------------------------------------------------------
-    def _project(self, api: httpx.Client, name: str, csv: Path, class_name: str, params: dict[str, Any],
-                 **schedule: Any) -> int:
-        pid = api.post("/api/v1/project/", json={
-            "name": name, "user_column": "user_id", "item_column": "item_id", "time_column": "timestamp",
-        }).json()["id"]
+    def _project(
+        self,
+        api: httpx.Client,
+        name: str,
+        csv: Path,
+        class_name: str,
+        params: dict[str, Any],
+        **schedule: Any,
+    ) -> int:
+        pid = api.post(
+            "/api/v1/project/",
+            json={
+                "name": name,
+                "user_column": "user_id",
+                "item_column": "item_id",
+                "time_column": "timestamp",
+            },
+        ).json()["id"]
         with open(csv, "rb") as fh:
-            r = api.post("/api/v1/training_data/", data={"project": pid}, files={"file": (csv.name, fh)})
+            r = api.post(
+                "/api/v1/training_data/", data={"project": pid}, files={"file": (csv.name, fh)}
+            )
         assert r.status_code == 201, r.text
-        r = api.post("/api/v1/model_configuration/", json={
-            "project": pid, "name": "cfg", "recommender_class_name": class_name, "parameters_json": params})
+        r = api.post(
+            "/api/v1/model_configuration/",
+            json={
+                "project": pid,
+                "name": "cfg",
+                "recommender_class_name": class_name,
+                "parameters_json": params,
+            },
+        )
         assert r.status_code == 201, r.text
-        r = api.post("/api/v1/retraining_schedule/", json={"project": pid, "model_configuration": r.json()["id"],
-                                                          **schedule})
+        r = api.post(
+            "/api/v1/retraining_schedule/",
+            json={"project": pid, "model_configuration": r.json()["id"], **schedule},
+        )
         assert r.status_code == 201, r.text
         return int(r.json()["id"])
 
@@ -192,13 +259,18 @@ class Backend:
         assert run["status"] == "COMPLETED", run
         tm = _get(api, f"/api/v1/trained_model/{run['trained_model']}/")
         q, s, c = _ts(run["queued_at"]), _ts(run["started_at"]), _ts(run["completed_at"])
-        tm_created, tm_started, tm_done = _ts(tm["created_at"]), _ts(tm["started_at"]), _ts(tm["completed_at"])
+        tm_created, tm_started, tm_done = (
+            _ts(tm["created_at"]),
+            _ts(tm["started_at"]),
+            _ts(tm["completed_at"]),
+        )
         return {
             "total": t_seen - t0,
             "post": t_post - t0,
             "pickup": s - q,
             "run_setup": tm_created - s,  # data resolve + data check + trained-model row
-            "read_holdout": (tm_done - tm_started) - tm["training_time"],  # read CSV, holdout refit+score, file save
+            "read_holdout": (tm_done - tm_started)
+            - tm["training_time"],  # read CSV, holdout refit+score, file save
             "fit_artifact": tm["training_time"],  # fit on all data + signed artifact dump
             "finish": c - tm_done,  # run_finish + retention
             "observed": t_seen - c,  # poll granularity + HTTP
@@ -207,17 +279,33 @@ class Backend:
 
     def _scenarios(self, api: httpx.Client, beat_pid: int) -> None:
         # Part 2's project first: a disabled schedule, triggered by hand.
-        ml_schedule = self._project(api, "ml100k", self.ml_csv, "IALSRecommender", IALS_PARAMS,
-                                    cron_expression="0 3 1 1 *", is_enabled=False)
+        ml_schedule = self._project(
+            api,
+            "ml100k",
+            self.ml_csv,
+            "IALSRecommender",
+            IALS_PARAMS,
+            cron_expression="0 3 1 1 *",
+            is_enabled=False,
+        )
         # Created well clear of a minute boundary, so beat (5 s poll) has them before the next one.
         if 60 - time.time() % 60 < 12:
             time.sleep(60 - time.time() % 60 + 1)
         fire_ids = [
-            self._project(api, f"fire-{i}", self.tiny_csv, "TopPopRecommender", {}, cron_expression="* * * * *")
+            self._project(
+                api,
+                f"fire-{i}",
+                self.tiny_csv,
+                "TopPopRecommender",
+                {},
+                cron_expression="* * * * *",
+            )
             for i in range(N_FIRE_SCHEDULES)
         ]
         boundary = math.ceil(time.time() / 60) * 60
-        log(f"{self.label}: {len(fire_ids)} schedules created; boundary in {boundary - time.time():.1f} s")
+        log(
+            f"{self.label}: {len(fire_ids)} schedules created; boundary in {boundary - time.time():.1f} s"
+        )
 
         # Part 2 in the wait, as long as a run cannot spill over the boundary.
         triggers: list[dict[str, Any]] = []
@@ -231,7 +319,9 @@ class Backend:
         # Part 1: every schedule's fire at the boundary, created and finished.
         def fired() -> list[dict[str, Any]] | None:
             runs = _get(api, "/api/v1/retraining_run/?trigger=schedule&page_size=200")["results"]
-            mine = [r for r in runs if r["schedule"] in fire_ids and _ts(r["queued_at"]) >= boundary - 1]
+            mine = [
+                r for r in runs if r["schedule"] in fire_ids and _ts(r["queued_at"]) >= boundary - 1
+            ]
             done = [r for r in mine if r["status"] in FINAL]
             return done if len({r["schedule"] for r in done}) == len(fire_ids) else None
 
@@ -239,7 +329,9 @@ class Backend:
         try:
             runs = wait_until(fired, 70, interval=1, message="all fires")
         except TimeoutError:
-            runs = api.get("/api/v1/retraining_run/?trigger=schedule&page_size=200").json()["results"]
+            runs = api.get("/api/v1/retraining_run/?trigger=schedule&page_size=200").json()[
+                "results"
+            ]
             log(f"{self.label}: not all schedules fired: {runs}")
             raise
         first = {}
@@ -252,7 +344,9 @@ class Backend:
         self.result["fire_sent"] = _beat_sent(self.tmp / "beat.log", boundary)
         log(f"{self.label}: fires {sorted(round(x, 2) for x in self.result['fire_queued'])}")
         for sid in fire_ids:  # no more fires: they would disturb what follows
-            api.patch(f"/api/v1/retraining_schedule/{sid}/", json={"is_enabled": False}).raise_for_status()
+            api.patch(
+                f"/api/v1/retraining_schedule/{sid}/", json={"is_enabled": False}
+            ).raise_for_status()
 
         while len(triggers) < N_TRIGGER_RUNS:
             triggers.append(self._trigger_once(api, ml_schedule))
@@ -262,8 +356,15 @@ class Backend:
         # Part 3: 1,000 schedules through the service, then beat idle.
         self.result["beat_rss_before_mb"] = _rss_mb(beat_pid)
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, __file__, "--sync-child", str(N_BULK_SCHEDULES)], env=self.env,
-                             cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, __file__, "--sync-child", str(N_BULK_SCHEDULES)],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         self.result["sync"] = json.loads(out.stdout.strip().splitlines()[-1])
         log(f"{self.label}: {N_BULK_SCHEDULES} schedules in {time.monotonic() - t0:.1f} s")
         time.sleep(8)  # beat reloads its 1,000 entries after the last change (5 s poll)
@@ -280,7 +381,9 @@ def _beat_sent(beat_log: Path, boundary: float) -> list[float]:
     sent = []
     for line in beat_log.read_text(errors="replace").splitlines():
         if "Sending due task recotem-retrain-" in line:
-            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like the log
+            stamp = datetime.strptime(
+                line[1:24], "%Y-%m-%d %H:%M:%S,%f"
+            ).timestamp()  # local time, like the log
             if boundary - 1 <= stamp < boundary + 50:
                 sent.append(stamp - boundary)
     return sent
@@ -321,23 +424,32 @@ def render(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         n = len(r["fire_queued"])
-        lines.append(f"| {r['label']}: beat fire → run created (`queued_at` − minute), {n} fires "
-                     f"({'/'.join(r['fire_statuses'])}) | {_lag(r['fire_queued'])} | p99 ≤ 2 s |")
-        lines.append(f"| {r['label']}: beat fire → run started (`started_at` − minute) | {_lag(r['fire_started'])} | — |")
+        lines.append(
+            f"| {r['label']}: beat fire → run created (`queued_at` − minute), {n} fires "
+            f"({'/'.join(r['fire_statuses'])}) | {_lag(r['fire_queued'])} | p99 ≤ 2 s |"
+        )
+        lines.append(
+            f"| {r['label']}: beat fire → run started (`started_at` − minute) | {_lag(r['fire_started'])} | — |"
+        )
         if r["fire_sent"]:
-            lines.append(f"| {r['label']}: beat logged sending the {len(r['fire_sent'])} tasks (− minute) | "
-                         f"{min(r['fire_sent']):.2f}–{max(r['fire_sent']):.2f} s | — |")
+            lines.append(
+                f"| {r['label']}: beat logged sending the {len(r['fire_sent'])} tasks (− minute) | "
+                f"{min(r['fire_sent']):.2f}–{max(r['fire_sent']):.2f} s | — |"
+            )
     for r in results:
         t = r["triggers"]
         med = {k: statistics.median(x[k] for x in t) for k in t[0]}
-        lines.append(f"| {r['label']}: trigger → COMPLETED over HTTP, ml-100k IALS ({len(t)} runs) | "
-                     f"median {med['total']:.2f} s (min {min(x['total'] for x in t):.2f}, "
-                     f"max {max(x['total'] for x in t):.2f}); training_time {med['fit_artifact']:.2f} s | ≤ 3 s |")
+        lines.append(
+            f"| {r['label']}: trigger → COMPLETED over HTTP, ml-100k IALS ({len(t)} runs) | "
+            f"median {med['total']:.2f} s (min {min(x['total'] for x in t):.2f}, "
+            f"max {max(x['total'] for x in t):.2f}); training_time {med['fit_artifact']:.2f} s | ≤ 3 s |"
+        )
         lines.append(
             f"| {r['label']}: where it goes (medians) | POST {med['post']:.2f} · queue pickup {med['pickup']:.2f} · "
             f"data check + model row {med['run_setup']:.2f} · read CSV + holdout refit/score + file save "
             f"{med['read_holdout']:.2f} · fit + artifact {med['fit_artifact']:.2f} · finish + retention "
-            f"{med['finish']:.2f} · seen by poller {med['observed']:.2f} s | — |")
+            f"{med['finish']:.2f} · seen by poller {med['observed']:.2f} s | — |"
+        )
     for r in results:
         s = r["sync"]
         create_ms = [x * 1000 for x in s["create"]]
@@ -345,16 +457,23 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['label']}: {len(create_ms):,} schedules via `schedule_create` (row + `schedule_sync`) | "
             f"{statistics.mean(create_ms):.1f} ms each (p99 {_pct(create_ms, 99):.1f}); `schedule_sync` alone "
-            f"{statistics.mean(sync_ms):.1f} ms (p99 {_pct(sync_ms, 99):.1f}) | — |")
+            f"{statistics.mean(sync_ms):.1f} ms (p99 {_pct(sync_ms, 99):.1f}) | — |"
+        )
         n = s["report"]["synced"]
-        lines.append(f"| {r['label']}: `schedule_reconcile` over {n:,} schedules | {s['reconcile_s']:.1f} s "
-                     f"({1000 * s['reconcile_s'] / max(n, 1):.1f} ms each) | — |")
-        lines.append(f"| {r['label']}: beat idle with {len(create_ms):,} enabled schedules, {IDLE_SECONDS} s | "
-                     f"{r['beat_cpu_pct']:.2f} % of one core (beat RSS {r['beat_rss_before_mb']:.0f} MB before them, "
-                     f"{r['beat_rss_mb']:.0f} MB with them) | — |")
+        lines.append(
+            f"| {r['label']}: `schedule_reconcile` over {n:,} schedules | {s['reconcile_s']:.1f} s "
+            f"({1000 * s['reconcile_s'] / max(n, 1):.1f} ms each) | — |"
+        )
+        lines.append(
+            f"| {r['label']}: beat idle with {len(create_ms):,} enabled schedules, {IDLE_SECONDS} s | "
+            f"{r['beat_cpu_pct']:.2f} % of one core (beat RSS {r['beat_rss_before_mb']:.0f} MB before them, "
+            f"{r['beat_rss_mb']:.0f} MB with them) | — |"
+        )
     loads = " · ".join(f"{r['label']} {r['load'][0]:.1f} → {r['load'][1]:.1f}" for r in results)
-    lines.append(f"| 1-min load average at start → end (others' work on the machine skews every row) | {loads} "
-                 f"on {os.cpu_count()} cores | — |")
+    lines.append(
+        f"| 1-min load average at start → end (others' work on the machine skews every row) | {loads} "
+        f"on {os.cpu_count()} cores | — |"
+    )
     return "\n".join(lines)
 
 
@@ -372,8 +491,15 @@ def main() -> None:
         redis.Redis.from_url(REDIS_URL).flushdb()
         try:
             with fresh_postgres_database("recotem_bench_rt") as db_url:
-                results.append(Backend("PG", tmp / "pg", {"DATABASE_URL": db_url, "CELERY_BROKER_URL": REDIS_URL},
-                                       ml_csv, tiny_csv).run())
+                results.append(
+                    Backend(
+                        "PG",
+                        tmp / "pg",
+                        {"DATABASE_URL": db_url, "CELERY_BROKER_URL": REDIS_URL},
+                        ml_csv,
+                        tiny_csv,
+                    ).run()
+                )
         finally:
             redis.Redis.from_url(REDIS_URL).flushdb()
     else:

@@ -14,7 +14,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["foundation.py", "ml_holdout.py", "ml_scale.py", "inference.py", "retraining.py", "ui.py"]
+BENCHES = [
+    "foundation.py",
+    "ml_holdout.py",
+    "ml_scale.py",
+    "inference.py",
+    "events.py",
+    "retraining.py",
+    "ui.py",
+    "events_source.py",
+    "scale.py",  # heavy (5M and 20M interactions); alone: `python bench/run.py --case scale20m`
+]
 
 
 def machine() -> str:
@@ -31,6 +41,16 @@ def machine() -> str:
 
 
 def main(argv: list[str]) -> int:
+    # `--case NAME` (repeatable) selects cases of bench/scale.py and runs only that bench.
+    cases: list[str] = []
+    rest: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--case":
+            cases += ["--case", next(it)]
+        else:
+            rest.append(arg)
+    argv = rest or (["scale.py"] if cases else [])
     selected = [b for b in BENCHES if not argv or any(a in b for a in argv)]
     sections = []
     failed = 0
@@ -39,11 +59,18 @@ def main(argv: list[str]) -> int:
         if not script.exists():
             continue
         print(f"== {name}", flush=True)
-        result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, str(script), *(cases if name == "scale.py" else [])],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         sys.stderr.write(result.stderr[-4000:])
         if result.returncode != 0:
             failed += 1
-            sections.append(f"### {name}\n\nFAILED (exit {result.returncode}); see the console output.\n")
+            sections.append(
+                f"### {name}\n\nFAILED (exit {result.returncode}); see the console output.\n"
+            )
         else:
             sections.append(result.stdout.strip() + "\n")
         print(result.stdout, flush=True)
@@ -51,7 +78,9 @@ def main(argv: list[str]) -> int:
     header = f"\n## {stamp} — {machine()}\n\n"
     out = ROOT / "BENCHMARKS.md"
     if not out.exists():
-        out.write_text("# Benchmarks\n\nAppended by `make bench`; newest last. Ratios are measured side by side in one run.\n")
+        out.write_text(
+            "# Benchmarks\n\nAppended by `make bench`; newest last. Ratios are measured side by side in one run.\n"
+        )
     with out.open("a") as fh:
         fh.write(header + "\n".join(sections))
     return 1 if failed else 0

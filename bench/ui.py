@@ -34,14 +34,25 @@ RetrainingRun.objects.bulk_create(
 print(project.pk)
 """
 
-PAGES = ["", "data/", "tuning/", "models/", "deployment/", "retraining/", "retraining/runs/?page=25", "keys/"]
+PAGES = [
+    "",
+    "data/",
+    "tuning/",
+    "models/",
+    "deployment/",
+    "retraining/",
+    "retraining/runs/?page=25",
+    "keys/",
+]
 
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="recotem-bench-ui-"))
     env = process_env(tmp / "data", RECOTEM_ADMIN_PASSWORD="bench-pass-123")
     subprocess.run(recotem("migrate"), env=env, check=True, capture_output=True)
-    out = subprocess.run(recotem("manage", "shell", "-c", SETUP), env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        recotem("manage", "shell", "-c", SETUP), env=env, check=True, capture_output=True, text=True
+    )
     project_id = int(out.stdout.strip().splitlines()[-1])
     port = free_port()
     with running(recotem("web", "--port", str(port)), env, tmp / "web.log") as web:
@@ -49,9 +60,15 @@ def main() -> None:
         wait_http_ok(f"{base}/api/v1/ping/", proc=web)
         with httpx.Client(base_url=base, timeout=30) as client:
             client.get("/login/")
-            client.post("/login/", data={"username": "admin", "password": "bench-pass-123",
-                                         "csrfmiddlewaretoken": client.cookies["csrftoken"]},
-                        headers={"Referer": f"{base}/login/"})
+            client.post(
+                "/login/",
+                data={
+                    "username": "admin",
+                    "password": "bench-pass-123",
+                    "csrfmiddlewaretoken": client.cookies["csrftoken"],
+                },
+                headers={"Referer": f"{base}/login/"},
+            )
             rows = []
             for page in PAGES:
                 url = f"/projects/{project_id}/{page}"

@@ -48,7 +48,26 @@ def ensure_admin() -> None:
         print(f"Created admin user {username!r} with password: {password}", flush=True)
         print("  (shown once; set RECOTEM_ADMIN_PASSWORD to choose it)", flush=True)
     else:
-        print(f"Created admin user {username!r} (password from RECOTEM_ADMIN_PASSWORD).", flush=True)
+        print(
+            f"Created admin user {username!r} (password from RECOTEM_ADMIN_PASSWORD).", flush=True
+        )
+
+
+def storage_ready() -> bool:
+    """On S3 storage, check the bucket before starting a process; print one line if unusable.
+
+    Local storage needs no check (and no Django start-up here, which would slow every command).
+    """
+    if os.environ.get("RECOTEM_STORAGE", "local") != "s3":
+        return True
+    _setup_django()
+    from recotem.core.storagecheck import storage_problem
+
+    problem = storage_problem()
+    if problem:
+        print(f"recotem: {problem}", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _python_module(module: str, *args: str) -> list[str]:
@@ -57,32 +76,59 @@ def _python_module(module: str, *args: str) -> list[str]:
 
 def web_command(host: str, port: int, workers: int = 1) -> list[str]:
     return _python_module(
-        "uvicorn", "recotem.asgi:application", "--host", host, "--port", str(port),
-        "--workers", str(workers), "--no-access-log", "--lifespan", "on",
+        "uvicorn",
+        "recotem.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--lifespan",
+        "on",
     )
 
 
-def worker_command(concurrency: int | None = None, queues: str | None = None) -> list[str]:
+def worker_command(
+    concurrency: int | None = None, queues: str | None = None, hostname: str | None = None
+) -> list[str]:
     cmd = _python_module("celery", "-A", "recotem", "worker", "-l", "INFO")
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
     if queues:
         cmd += ["-Q", queues]
+    if hostname:
+        cmd += ["--hostname", hostname]
     return cmd
 
 
 def beat_command() -> list[str]:
     return _python_module(
-        "celery", "-A", "recotem", "beat", "-l", "INFO",
-        "--scheduler", "recotem.retraining.scheduler:RetrainingScheduler",
-        "--schedule", os.devnull,
+        "celery",
+        "-A",
+        "recotem",
+        "beat",
+        "-l",
+        "INFO",
+        "--scheduler",
+        "recotem.retraining.scheduler:RetrainingScheduler",
+        "--schedule",
+        os.devnull,
     )
 
 
 def inference_command(host: str, port: int, workers: int) -> list[str]:
     return _python_module(
-        "uvicorn", "recotem.inference.app:application", "--no-access-log",
-        "--host", host, "--port", str(port), "--workers", str(workers),
+        "uvicorn",
+        "recotem.inference.app:application",
+        "--no-access-log",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
     )
 
 
@@ -108,8 +154,11 @@ class Supervisor:
             for name, child in self.children.items():
                 code = child.poll()
                 if code is not None:
-                    print(f"recotem: the {name} process exited with code {code}; stopping the others.",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"recotem: the {name} process exited with code {code}; stopping the others.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     exit_code = 1
                     self.stopping = True
                     break
@@ -138,8 +187,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         "worker": worker_command(args.concurrency),
         "beat": beat_command(),
     }
-    print(f"Recotem is starting at http://{args.host}:{args.port}/ (API: /api/v1/, admin: /admin/)",
-          flush=True)
+    print(
+        f"Recotem is starting at http://{args.host}:{args.port}/ (API: /api/v1/, admin: /admin/)",
+        flush=True,
+    )
     return Supervisor(commands).run()
 
 
@@ -163,7 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = sub.add_parser("up", help="migrate, ensure the admin user, run web + worker + beat")
     up.add_argument("--host", default=os.environ.get("RECOTEM_HOST", "127.0.0.1"))
     up.add_argument("--port", type=int, default=int(os.environ.get("RECOTEM_PORT", "8000")))
-    up.add_argument("--concurrency", type=int, default=None, help="worker processes (default: cores)")
+    up.add_argument(
+        "--concurrency", type=int, default=None, help="worker processes (default: cores)"
+    )
 
     web = sub.add_parser("web", help="run the ASGI web server (API, UI, admin, /inference/)")
     web.add_argument("--host", default="127.0.0.1")
@@ -174,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("-Q", "--queues", default=None)
+    worker.add_argument(
+        "-n", "--hostname", default=None, help="Celery node name (default celery@<host>)"
+    )
 
     sub.add_parser("beat", help="run Celery beat with the database scheduler")
 
@@ -189,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     manage.add_argument("rest", nargs=argparse.REMAINDER)
 
     args = parser.parse_args(argv)
+    if args.command in ("up", "web", "worker", "beat", "inference") and not storage_ready():
+        return 2
     if args.command == "up":
         return cmd_up(args)
     if args.command == "web":
@@ -196,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate()
         return _exec(web_command(args.host, args.port, args.workers))
     if args.command == "worker":
-        return _exec(worker_command(args.concurrency, args.queues))
+        return _exec(worker_command(args.concurrency, args.queues, args.hostname))
     if args.command == "beat":
         return _exec(beat_command())
     if args.command == "inference":

@@ -32,10 +32,38 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    """A comma-separated variable as a list of its non-empty, stripped items.
+
+    Empty counts as unset, as in env_bool/env_int: `RECOTEM_ALLOWED_HOSTS=` (compose passes
+    variables that way) must mean the default, not "answer no host at all".
+    """
+    raw = os.environ.get(name) or default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def private_files() -> None:
+    """Make every file and folder this process creates readable by its owner only.
+
+    The data dir holds other people's interaction logs, the database (webhook secrets, source
+    URLs with passwords) and the secret key; SQLite, the broker and Celery create files with the
+    process umask, so the umask is where one rule covers them all.
+    """
+    os.umask(0o077)
+
+
 def data_dir() -> Path:
-    """Absolute RECOTEM_DATA_DIR (default ./recotem-data), created on first use."""
+    """Absolute RECOTEM_DATA_DIR (default ./recotem-data), created on first use, mode 0700.
+
+    An existing folder we own is tightened to 0700 too (earlier versions left it 0755).
+    """
     path = Path(os.environ.get("RECOTEM_DATA_DIR", "recotem-data")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError:  # a mount we may not chmod: the folder's owner decides
+        pass
     return path
 
 
@@ -65,6 +93,42 @@ def secret_key() -> str:
 
         time.sleep(0.05)
     raise RuntimeError(f"{key_file} is empty; delete it and start again")
+
+
+def s3_options() -> dict[str, object]:
+    """django-storages S3Storage options from RECOTEM_S3_* (AWS, MinIO, Ceph, R2...).
+
+    Credentials are not here: boto3 reads the standard AWS variables (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), its config files or an instance role.
+    """
+    from botocore.config import Config
+
+    return {
+        "bucket_name": os.environ.get("RECOTEM_S3_BUCKET", ""),
+        "endpoint_url": os.environ.get("RECOTEM_S3_ENDPOINT_URL") or None,
+        "region_name": os.environ.get("RECOTEM_S3_REGION") or None,
+        "location": os.environ.get("RECOTEM_S3_PREFIX", "").strip("/"),
+        "signature_version": "s3v4",
+        # Path-style (endpoint/bucket/key) works without a DNS name per bucket; short connect
+        # timeouts turn an unreachable endpoint into a start-up error, not a hung process.
+        "client_config": Config(
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+        # No ACL header: objects stay as private as the bucket (ACL-less buckets and R2 refuse
+        # ACLs); any URL is signed and short-lived, never a public link.
+        "default_acl": None,
+        "querystring_auth": True,
+        "querystring_expire": 300,
+        # Stored names are immutable (a new save gets a new name): that is what lets every
+        # machine cache an object by its name (recotem.core.files).
+        "file_overwrite": False,
+        # A download (file responses) spools to disk beyond this, not all into memory.
+        "max_memory_size": 64 * 1024 * 1024,
+    }
 
 
 def default_broker_url() -> str:

@@ -4,66 +4,153 @@ from typing import Any
 
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils.cache import add_never_cache_headers
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
-from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.views import TokenRefreshView
 
 from recotem.accounts.models import ApiKey
 from recotem.accounts.services import api_key_create, api_key_revoke, normalize_scopes
+from recotem.accounts.tokens import LogoutSerializer, RefreshSerializer, tokens_issue
 from recotem.core.api import OwnedModelViewSet, OwnedPrimaryKeyRelatedField
 from recotem.core.exceptions import ApplicationError
 from recotem.projects.models import Project
 
 
-class UserSerializer(serializers.ModelSerializer):
+class UserSerializer(serializers.ModelSerializer[User]):
     class Meta:
         model = User
         fields = ["id", "username", "email", "is_staff"]
 
 
+class TokenPairSerializer(serializers.Serializer[Any]):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    user = UserSerializer()
+
+
+def _no_store(response: Response) -> Response:
+    """Responses that carry a secret (tokens, a raw key) must not be kept by any cache."""
+    add_never_cache_headers(response)  # Cache-Control: max-age=0, no-cache, no-store, ...
+    return response
+
+
 class LoginView(APIView):
-    """Exchange a username and password for a JWT pair. Rate-limited per client address."""
+    """Exchange a username and password for a JWT pair.
+
+    Goes through Django's ``authenticate`` with the underlying request, so the same lockout
+    (django-axes, per username and per client address) guards this door as /login/ and
+    /admin/login/: while locked, even the right password gets 429.
+    """
 
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "login"
 
-    class InputSerializer(serializers.Serializer):
-        username = serializers.CharField()
-        password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+    @extend_schema_serializer(component_name="LoginInput")
+    class InputSerializer(serializers.Serializer[Any]):
+        username = serializers.CharField(max_length=150)
+        password = serializers.CharField(
+            max_length=4096, style={"input_type": "password"}, trim_whitespace=False
+        )
 
+    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(request, **data.validated_data)
+        user = authenticate(request._request, **data.validated_data)
         if user is None or not user.is_active:
+            # A lockout is answered by the axes middleware (429), whatever is returned here.
             return Response(
                 {"non_field_errors": ["Unable to log in with the provided credentials."]},
                 status=status.HTTP_401_UNAUTHORIZED,
             )
-        refresh = RefreshToken.for_user(user)
-        body: dict[str, Any] = {
-            "access": str(refresh.access_token),
-            "refresh": str(refresh),
-            "user": UserSerializer(user).data,
-        }
-        return Response(body)
+        body: dict[str, Any] = {**tokens_issue(user=user), "user": UserSerializer(user).data}
+        return _no_store(Response(body))
+
+
+class RefreshView(TokenRefreshView):
+    """A new access token and a new refresh token; the one sent is blacklisted (rotation)."""
+
+    serializer_class = RefreshSerializer
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return _no_store(super().post(request, *args, **kwargs))
+
+
+class LogoutView(APIView):
+    """Revoke a refresh token (blacklist it). Access tokens end with their short lifetime."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+    @extend_schema(request=LogoutSerializer, responses={204: None})
+    def post(self, request: Request) -> Response:
+        serializer = LogoutSerializer(data=request.data)
+        try:
+            serializer.is_valid(raise_exception=True)
+        except TokenError as exc:
+            return Response({"refresh": [str(exc.args[0])]}, status=status.HTTP_401_UNAUTHORIZED)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordChangeView(APIView):
+    """Change the caller's password: every older token stops working, a new pair is returned.
+
+    The old password is checked through ``authenticate`` so guessing it counts towards the
+    same lockout as a login.
+    """
+
+    api_key_allowed = False
+
+    @extend_schema_serializer(component_name="PasswordChangeInput")
+    class InputSerializer(serializers.Serializer[Any]):
+        old_password = serializers.CharField(max_length=4096, trim_whitespace=False)
+        new_password = serializers.CharField(max_length=4096, trim_whitespace=False)
+
+    @extend_schema(request=InputSerializer, responses={200: TokenPairSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = request.user
+        checked = authenticate(
+            request._request,
+            username=user.get_username(),
+            password=data.validated_data["old_password"],
+        )
+        if checked is None or checked.pk != user.pk:
+            return Response(
+                {"old_password": ["The current password is not correct."]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        try:
+            validate_password(data.validated_data["new_password"], user)
+        except DjangoValidationError as exc:
+            return Response({"new_password": exc.messages}, status=status.HTTP_400_BAD_REQUEST)
+        user.set_password(data.validated_data["new_password"])
+        user.save()  # the signal blacklists every refresh token issued before
+        body: dict[str, Any] = {**tokens_issue(user=user), "user": UserSerializer(user).data}
+        return _no_store(Response(body))
 
 
 class MeView(APIView):
     api_key_allowed = False
 
+    @extend_schema(responses=UserSerializer)
     def get(self, request: Request) -> Response:
+        # IsOwnerOrScopedKey lets only a logged-in user (no API key) reach this view.
+        assert isinstance(request.user, User)
         return Response(UserSerializer(request.user).data)
 
 
-class ApiKeySerializer(serializers.ModelSerializer):
+class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
     """`key` (the secret) appears only in the response to the create request."""
 
     project = OwnedPrimaryKeyRelatedField(queryset=Project.objects.all(), project_path="")
@@ -73,8 +160,16 @@ class ApiKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiKey
         fields = [
-            "id", "project", "name", "prefix", "scopes", "expires_at", "revoked_at",
-            "last_used_at", "created_at", "is_active",
+            "id",
+            "project",
+            "name",
+            "prefix",
+            "scopes",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "created_at",
+            "is_active",
         ]
         read_only_fields = ["id", "prefix", "revoked_at", "last_used_at", "created_at", "is_active"]
 
@@ -88,7 +183,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(exc.message) from None
 
 
-class ApiKeyViewSet(OwnedModelViewSet):
+class ApiKeyViewSet(OwnedModelViewSet[ApiKey]):
     """Project-scoped API keys. Keys themselves cannot manage keys (`api_key_allowed = False`).
 
     DELETE revokes (the row stays, so `last_used_at` and the audit trail survive).
@@ -112,7 +207,7 @@ class ApiKeyViewSet(OwnedModelViewSet):
             created_by=request.user,
         )
         body = {**self.get_serializer(key).data, "key": raw}
-        return Response(body, status=status.HTTP_201_CREATED)
+        return _no_store(Response(body, status=status.HTTP_201_CREATED))
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         api_key_revoke(key=self.get_object())

@@ -8,4 +8,9 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
-        from recotem.accounts import schema  # noqa: F401  (registers the X-API-Key scheme)
+        from recotem.accounts import (
+            schema,  # noqa: F401  (registers the X-API-Key scheme)
+            signals,
+        )
+
+        signals.connect()

@@ -6,7 +6,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from recotem.accounts.keys import KEY_PREFIX, hash_key
+from recotem.accounts.keys import KEY_PREFIX, key_hashes
 from recotem.accounts.models import ApiKey
 
 # last_used_at is written at most this often per key, so a busy key costs no write per request.
@@ -21,11 +21,19 @@ def touch_last_used(key: ApiKey) -> None:
 
 
 def lookup_key(raw_key: str) -> ApiKey | None:
-    if not raw_key.startswith(KEY_PREFIX):
+    """The usable key for a raw secret, under the current SECRET_KEY or a fallback.
+
+    A key found under a fallback is re-hashed under the current secret on the spot.
+    """
+    if not raw_key.startswith(KEY_PREFIX) or len(raw_key) > 200:
         return None
-    key = ApiKey.objects.select_related("project__owner").filter(key_hash=hash_key(raw_key)).first()
+    hashes = key_hashes(raw_key)
+    key = ApiKey.objects.select_related("project__owner").filter(key_hash__in=hashes).first()
     if key is None or not key.is_usable():
         return None
+    if key.key_hash != hashes[0]:
+        ApiKey.objects.filter(pk=key.pk, key_hash=key.key_hash).update(key_hash=hashes[0])
+        key.key_hash = hashes[0]
     return key
 
 

@@ -23,7 +23,11 @@ class IsOwnerOrScopedKey(permissions.BasePermission):
             if not getattr(view, "api_key_allowed", True):
                 self.message = "API keys cannot manage API keys or users."
                 return False
-            needed = ApiKey.Scope.READ if request.method in permissions.SAFE_METHODS else ApiKey.Scope.WRITE
+            needed = (
+                ApiKey.Scope.READ
+                if request.method in permissions.SAFE_METHODS
+                else ApiKey.Scope.WRITE
+            )
             if needed not in key.scopes:
                 self.message = f"This API key lacks the '{needed}' scope."
                 return False

@@ -7,7 +7,8 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
-class ApiKeyScheme(OpenApiAuthenticationExtension):
+# drf-spectacular's OpenApiAuthenticationExtension.__init_subclass__ is unannotated.
+class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     target_class = "recotem.accounts.authentication.ApiKeyAuthentication"
     name = "ApiKeyAuth"
 

@@ -22,7 +22,9 @@ def normalize_scopes(scopes: Iterable[Any]) -> list[str]:
     values = list(scopes)
     unknown = [s for s in values if s not in VALID_SCOPES]
     if unknown:
-        raise ApplicationError(f"Unknown scope(s) {unknown}; choose from {list(VALID_SCOPES)}.", field="scopes")
+        raise ApplicationError(
+            f"Unknown scope(s) {unknown}; choose from {list(VALID_SCOPES)}.", field="scopes"
+        )
     if not values:
         raise ApplicationError("At least one scope is required.", field="scopes")
     return [s for s in VALID_SCOPES if s in values]

@@ -10,4 +10,4 @@ class CoreConfig(AppConfig):
     def ready(self) -> None:
         # Binds @shared_task to our app in every process that loads Django (web, tests, cli).
         from recotem.celery import app  # noqa: F401
-        from recotem.core import signals  # noqa: F401
+        from recotem.core import signals, storagecheck  # noqa: F401

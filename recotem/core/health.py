@@ -1,34 +1,38 @@
-"""Heartbeats of the background processes, kept in the database so any process can read them."""
+"""Heartbeats of the background processes, kept in the database so any process can read them,
+and what the apps add to `/api/v1/ping/` (they register a contributor in `AppConfig.ready`)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
 
+from recotem.core.models import ProcessHeartbeat
+
 STALE_AFTER = timedelta(seconds=90)
+
+# name -> fn(now) returning a JSON-safe dict. /ping/ is public: contributors report counts, never
+# whose objects they are.
+_contributors: dict[str, Callable[[datetime], dict[str, Any]]] = {}
+
+
+def register(name: str, contributor: Callable[[datetime], dict[str, Any]]) -> None:
+    _contributors[name] = contributor
 
 
 def beat(kind: str) -> None:
-    from recotem.core.models import ProcessHeartbeat
-
     ProcessHeartbeat.objects.update_or_create(kind=kind, defaults={"seen_at": timezone.now()})
 
 
 def process_status() -> dict[str, Any]:
-    from recotem.core.models import ProcessHeartbeat
-
     now = timezone.now()
     seen = {hb.kind: hb.seen_at for hb in ProcessHeartbeat.objects.all()}
     result: dict[str, Any] = {}
     for kind in ("worker", "beat"):
         at = seen.get(kind)
         result[kind] = {"alive": bool(at and now - at < STALE_AFTER), "last_seen_at": at}
-    try:
-        from recotem.retraining.selectors import overdue_schedules
-    except ImportError:
-        return result
-    # Only a count: /ping/ is public, so it must not reveal whose schedules they are.
-    result["retraining"] = {"overdue_schedules": len(overdue_schedules(now=now))}
+    for name, contributor in _contributors.items():
+        result[name] = contributor(now)
     return result

@@ -1,23 +1,26 @@
-"""Process hooks: heartbeats for /api/v1/ping/ and a reconcile when a worker starts."""
+"""Process heartbeats for /api/v1/ping/: every worker and beat reports in while it runs; and a
+worker or beat started as plain `celery -A recotem worker|beat` checks the storage first, like
+`recotem worker|beat` does (recotem.cli.storage_ready)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
 
-from celery.signals import beat_init, worker_ready
+from celery.signals import beat_init, worker_init, worker_ready
+from django.db import close_old_connections
+
+from recotem.core import health
+from recotem.core.storagecheck import storage_problem
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 20
 
 
 def _heartbeat_forever(kind: str) -> None:
-    from django.db import close_old_connections
-
-    from recotem.core import health
-
     while True:
         try:
             health.beat(kind)
@@ -29,23 +32,26 @@ def _heartbeat_forever(kind: str) -> None:
 
 
 def start_heartbeat(kind: str) -> None:
-    threading.Thread(target=_heartbeat_forever, args=(kind,), name=f"{kind}-heartbeat", daemon=True).start()
+    threading.Thread(
+        target=_heartbeat_forever, args=(kind,), name=f"{kind}-heartbeat", daemon=True
+    ).start()
 
 
 @worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     start_heartbeat("worker")
-    try:
-        from recotem.retraining.services import schedule_reconcile
-    except ImportError:
-        return
-    try:
-        report = schedule_reconcile()
-        logger.info("reconcile on worker start: %s", report)
-    except Exception:
-        logger.exception("reconcile on worker start failed")
 
 
 @beat_init.connect
 def _on_beat_init(**_: Any) -> None:
     start_heartbeat("beat")
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_unusable_storage(**_: Any) -> None:
+    # Before taking any work: a worker that cannot reach the bucket would fail every task late.
+    problem = storage_problem()
+    if problem:
+        print(f"recotem: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)

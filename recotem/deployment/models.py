@@ -6,9 +6,13 @@ from django.db import models
 class DeploymentSlot(models.Model):
     """A named, weighted place a trained model is served from; traffic is split by weight."""
 
-    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="deployment_slots")
+    project = models.ForeignKey(
+        "projects.Project", on_delete=models.CASCADE, related_name="deployment_slots"
+    )
     name = models.CharField(max_length=128)
-    trained_model = models.ForeignKey("training.TrainedModel", on_delete=models.RESTRICT, related_name="slots")
+    trained_model = models.ForeignKey(
+        "training.TrainedModel", on_delete=models.RESTRICT, related_name="slots"
+    )
     weight = models.PositiveSmallIntegerField(default=100)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -18,7 +22,9 @@ class DeploymentSlot(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["project", "name"], name="deployment_slot_name_unique"),
-            models.CheckConstraint(condition=models.Q(weight__lte=100), name="deployment_slot_weight_max_100"),
+            models.CheckConstraint(
+                condition=models.Q(weight__lte=100), name="deployment_slot_weight_max_100"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -26,14 +32,19 @@ class DeploymentSlot(models.Model):
 
 
 class SlotHistory(models.Model):
-    """Every model a slot has served, newest last; rollback walks it back."""
+    """Every model a slot has served, newest last; rollback walks it back.
+
+    Models are named by id, not by foreign key: a history row is a record that outlives the
+    artifact (retention keeps only the last RECOTEM_ROLLBACK_DEPTH models of a slot), so an old
+    row must not pin its model on disk.
+    """
 
     slot = models.ForeignKey(DeploymentSlot, on_delete=models.CASCADE, related_name="history")
-    trained_model = models.ForeignKey("training.TrainedModel", on_delete=models.RESTRICT, related_name="+")
-    previous_model = models.ForeignKey(
-        "training.TrainedModel", null=True, blank=True, on_delete=models.RESTRICT, related_name="+"
+    trained_model_id = models.BigIntegerField()
+    previous_model_id = models.BigIntegerField(null=True, blank=True)
+    changed_by = models.CharField(
+        max_length=64, default="user", help_text="user, rollback, auto-deploy…"
     )
-    changed_by = models.CharField(max_length=64, default="user", help_text="user, rollback, auto-deploy…")
     changed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
+from django.db.models import Model
 
 from recotem.accounts.models import ApiKey
-from recotem.projects.models import Project
+from recotem.core.jobs import JobStatus
+from recotem.deployment.models import DeploymentSlot
+from recotem.projects.models import Project, TrainingData
+from recotem.projects.validation import (
+    MAX_WINDOW_DAYS,
+    event_types_errors,
+    validate_project_fields,
+)
+from recotem.retraining.models import RetrainingSchedule
+from recotem.retraining.validation import FIELDS as SCHEDULE_FIELDS
+from recotem.retraining.validation import validate_schedule
+from recotem.training.models import ModelConfiguration, TrainedModel
+from recotem.training.validation import validate_model_configuration
+from recotem.tuning import validation as tuning_validation
+from recotem.tuning.models import SPLIT_SETTINGS, EvaluationConfig, SplitConfig
+
+_M = TypeVar("_M", bound=Model)
 
 
 def shared_clean(form: forms.BaseForm, validate: Any, **values: Any) -> dict[str, Any]:
@@ -31,14 +48,26 @@ def shared_clean(form: forms.BaseForm, validate: Any, **values: Any) -> dict[str
         return {}
 
 
+def model_choice(form: forms.BaseForm, name: str) -> forms.ModelChoiceField[Any]:
+    """The form's ModelChoiceField `name`, to limit its choices (e.g. to one project)."""
+    field = form.fields[name]
+    assert isinstance(field, forms.ModelChoiceField), f"{name} is not a ModelChoiceField"
+    return field
+
+
 class LoginForm(AuthenticationForm):
-    username = forms.CharField(label="Username", widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"}))
+    username = forms.CharField(
+        label="Username",
+        widget=forms.TextInput(attrs={"autofocus": True, "autocomplete": "username"}),
+    )
     password = forms.CharField(
-        label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"})
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
 
-class ProjectForm(forms.ModelForm):
+class ProjectForm(forms.ModelForm[Project]):
     class Meta:
         model = Project
         fields = ["name", "user_column", "item_column", "time_column"]
@@ -59,22 +88,28 @@ class ProjectForm(forms.ModelForm):
         self.owner = owner
 
     def clean(self) -> dict[str, Any]:
-        from recotem.projects.validation import validate_project_fields
-
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         shared_clean(
-            self, validate_project_fields, owner=self.owner, instance=self.instance,
+            self,
+            validate_project_fields,
+            owner=self.owner,
+            instance=self.instance,
             **{k: data.get(k, "") for k in ("name", "user_column", "item_column", "time_column")},
         )
         return data
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(label="File", help_text="CSV, TSV, Parquet or JSON lines; optionally gzipped.")
+    file = forms.FileField(
+        label="File", help_text="CSV, TSV, Parquet or JSON lines; optionally gzipped."
+    )
 
 
 class ApiKeyForm(forms.Form):
-    name = forms.CharField(label="Key name", max_length=128, help_text="Where the key is used, e.g. 'shop backend'.")
+    name = forms.CharField(
+        label="Key name", max_length=128, help_text="Where the key is used, e.g. 'shop backend'."
+    )
     scopes = forms.MultipleChoiceField(
         label="Scopes",
         choices=ApiKey.Scope.choices,
@@ -91,28 +126,36 @@ class CronPreviewForm(forms.Form):
     timezone = forms.CharField(required=False)
 
 
-class JSONObjectField(forms.CharField):
+class JSONObjectField(forms.Field):
+    """A textarea holding a JSON object; its Python value is the parsed dict ({} when blank).
+
+    A plain Field rather than a CharField, whose Python value is a string: the text is stripped
+    here as CharField would strip it.
+    """
+
     widget = forms.Textarea
 
     def to_python(self, value: Any) -> dict[str, Any]:
-        value = super().to_python(value)
+        value = "" if value in self.empty_values else str(value).strip()
         if not value:
             return {}
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+            raise forms.ValidationError(
+                f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+            ) from None
         if not isinstance(parsed, dict):
             raise forms.ValidationError('Must be a JSON object, e.g. {"n_components": 64}.')
         return parsed
 
-    def prepare_value(self, value: Any) -> Any:
+    def prepare_value(self, value: Any) -> object:  # what the textarea shows
         if isinstance(value, dict):
             return json.dumps(value)
         return value
 
 
-class ProjectScopedForm(forms.ModelForm):
+class ProjectScopedForm(forms.ModelForm[_M]):
     """A ModelForm whose related-object choices are limited to one project."""
 
     scoped_fields: dict[str, Any] = {}
@@ -122,53 +165,74 @@ class ProjectScopedForm(forms.ModelForm):
         self.project = project
         for name, model in self.scoped_fields.items():
             if name in self.fields:
-                self.fields[name].queryset = model.objects.filter(project=project)
+                model_choice(self, name).queryset = model.objects.filter(project=project)
 
 
-def _tuning_models() -> Any:
-    from recotem.tuning import models
+class SplitConfigForm(ProjectScopedForm[SplitConfig]):
+    # Optional so a form posted without it (an older page) keeps the model's default.
+    final_test_ratio = forms.FloatField(
+        label="Final test user ratio",
+        required=False,
+        initial=SplitConfig.final_test_ratio.field.default,
+    )
 
-    return models
-
-
-class SplitConfigForm(ProjectScopedForm):
     class Meta:
-        model = _tuning_models().SplitConfig
-        fields = ["name", "scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users", "random_seed"]
+        model = SplitConfig
+        fields = ["name", *SPLIT_SETTINGS]
         labels = {
-            "name": "Split name", "scheme": "Scheme", "heldout_ratio": "Held-out ratio",
-            "n_heldout": "Held-out interactions per user (optional)", "test_user_ratio": "Test user ratio",
-            "n_test_users": "Test users (optional)", "random_seed": "Random seed",
+            "name": "Split name",
+            "scheme": "Scheme",
+            "heldout_ratio": "Held-out ratio",
+            "n_heldout": "Held-out interactions per user (optional)",
+            "test_user_ratio": "Test user ratio",
+            "n_test_users": "Test users (optional)",
+            "final_test_ratio": "Final test user ratio",
+            "n_final_test_users": "Final test users (optional)",
+            "random_seed": "Random seed",
         }
         help_texts = {
-            "heldout_ratio": "Share of each test user's interactions hidden for scoring.",
+            "heldout_ratio": "Share of each scored user's interactions hidden for scoring.",
             "n_heldout": "A fixed count instead of the ratio.",
-            "n_test_users": "A fixed number of validation (and test) users instead of the ratio.",
+            "test_user_ratio": (
+                "Share of the users (apart from the final test users) whose hidden items score "
+                "the search; 1 uses every user."
+            ),
+            "n_test_users": "A fixed number of such users instead of the ratio.",
+            "final_test_ratio": (
+                "Share of users kept out of the search for an unbiased final score; 0 for none."
+            ),
+            "n_final_test_users": "A fixed number of final test users instead of the ratio.",
             "scheme": "TG and TU need the project's time column.",
         }
 
     def clean(self) -> dict[str, Any]:
-        from recotem.tuning.validation import validate_split_config
-
-        data = super().clean()
-        shared_clean(self, validate_split_config, project=self.project, **{
-            f: data.get(f) for f in ("scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users",
-                                     "random_seed")
-        })
+        super().clean()
+        data = self.cleaned_data
+        if data.get("final_test_ratio") is None and "final_test_ratio" not in self.errors:
+            data["final_test_ratio"] = SplitConfig.final_test_ratio.field.default
+        shared_clean(
+            self,
+            tuning_validation.validate_split_config,
+            project=self.project,
+            **{f: data.get(f) for f in SPLIT_SETTINGS},
+        )
         return data
 
 
-class EvaluationConfigForm(ProjectScopedForm):
+class EvaluationConfigForm(ProjectScopedForm[EvaluationConfig]):
     class Meta:
-        model = _tuning_models().EvaluationConfig
+        model = EvaluationConfig
         fields = ["name", "cutoff", "target_metric"]
-        labels = {"name": "Evaluation name", "cutoff": "Cutoff (top-K)", "target_metric": "Target metric"}
+        labels = {
+            "name": "Evaluation name",
+            "cutoff": "Cutoff (top-K)",
+            "target_metric": "Target metric",
+        }
 
     def clean(self) -> dict[str, Any]:
-        from recotem.tuning.validation import validate_evaluation_config
-
-        data = super().clean()
-        shared_clean(self, validate_evaluation_config, cutoff=data.get("cutoff"))
+        super().clean()
+        data = self.cleaned_data
+        shared_clean(self, tuning_validation.validate_evaluation_config, cutoff=data.get("cutoff"))
         return data
 
 
@@ -185,34 +249,55 @@ def _default_algorithms() -> list[str]:
 
 
 class TuningJobForm(forms.Form):
-    data = forms.ModelChoiceField(queryset=None, label="Training data", empty_label=None)
-    split = forms.ModelChoiceField(queryset=None, label="Split config", empty_label=None)
-    evaluation = forms.ModelChoiceField(queryset=None, label="Evaluation config", empty_label=None)
-    n_trials = forms.IntegerField(label="Trials", min_value=1, max_value=10_000, initial=20)
+    # Django's metaclass moves declared fields into `base_fields`, so this never shadows `.data`.
+    data: forms.ModelChoiceField[TrainingData] = forms.ModelChoiceField(  # type: ignore[assignment]
+        queryset=None, label="Training data", empty_label=None
+    )
+    split: forms.ModelChoiceField[SplitConfig] = forms.ModelChoiceField(
+        queryset=None, label="Split config", empty_label=None
+    )
+    evaluation: forms.ModelChoiceField[EvaluationConfig] = forms.ModelChoiceField(
+        queryset=None, label="Evaluation config", empty_label=None
+    )
+    n_trials = forms.IntegerField(
+        label="Trials",
+        min_value=tuning_validation.N_TRIALS[0],
+        max_value=tuning_validation.N_TRIALS[1],
+        initial=20,
+    )
     timeout_overall = forms.IntegerField(
-        label="Time budget (seconds, optional)", min_value=1, required=False
+        label="Time budget (seconds, optional)",
+        min_value=tuning_validation.TIMEOUT[0],
+        max_value=tuning_validation.TIMEOUT[1],
+        required=False,
     )
     tried_algorithms = forms.MultipleChoiceField(
-        label="Algorithms", choices=_algorithm_choices, widget=forms.CheckboxSelectMultiple, required=False,
+        label="Algorithms",
+        choices=_algorithm_choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
         help_text="Leave empty for the default set.",
     )
-    train_after_tuning = forms.BooleanField(label="Train the best configuration afterwards", initial=True, required=False)
+    train_after_tuning = forms.BooleanField(
+        label="Train the best configuration afterwards", initial=True, required=False
+    )
 
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        tm = _tuning_models()
-        self.fields["data"].queryset = project.training_data.all()
-        self.fields["split"].queryset = tm.SplitConfig.objects.filter(project=project)
-        self.fields["evaluation"].queryset = tm.EvaluationConfig.objects.filter(project=project)
+        model_choice(self, "data").queryset = project.training_data.all()
+        model_choice(self, "split").queryset = SplitConfig.objects.filter(project=project)
+        model_choice(self, "evaluation").queryset = EvaluationConfig.objects.filter(project=project)
         if not self.is_bound:
             self.initial.setdefault("tried_algorithms", _default_algorithms())
 
     def clean(self) -> dict[str, Any]:
-        from recotem.tuning.validation import validate_tuning_job
-
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         cleaned = shared_clean(
-            self, validate_tuning_job, n_trials=data.get("n_trials"), timeout_overall=data.get("timeout_overall"),
+            self,
+            tuning_validation.validate_tuning_job,
+            n_trials=data.get("n_trials"),
+            timeout_overall=data.get("timeout_overall"),
             tried_algorithms=data.get("tried_algorithms"),
         )
         if cleaned.get("tried_algorithms"):
@@ -220,14 +305,16 @@ class TuningJobForm(forms.Form):
         return data
 
 
-class ModelConfigurationForm(forms.ModelForm):
+class ModelConfigurationForm(forms.ModelForm[ModelConfiguration]):
     recommender_class_name = forms.ChoiceField(label="Algorithm", choices=_algorithm_choices)
     parameters_json = JSONObjectField(
-        label="Parameters (JSON)", required=False, help_text='e.g. {"n_components": 64, "alpha0": 0.1}'
+        label="Parameters (JSON)",
+        required=False,
+        help_text='e.g. {"n_components": 64, "alpha0": 0.1}',
     )
 
     class Meta:
-        model = _tuning_models().ModelConfiguration
+        model = ModelConfiguration
         fields = ["name", "recommender_class_name", "parameters_json"]
         labels = {"name": "Configuration name"}
 
@@ -236,40 +323,50 @@ class ModelConfigurationForm(forms.ModelForm):
         self.project = project
 
     def clean(self) -> dict[str, Any]:
-        from recotem.tuning.validation import validate_model_configuration
-
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if "recommender_class_name" in data:
             cleaned = shared_clean(
-                self, validate_model_configuration, project=self.project, name=data.get("name"),
+                self,
+                validate_model_configuration,
+                project=self.project,
+                name=data.get("name"),
                 recommender_class_name=data["recommender_class_name"],
-                parameters_json=data.get("parameters_json"), instance=self.instance,
+                parameters_json=data.get("parameters_json"),
+                instance=self.instance,
             )
             data.update({k: v for k, v in cleaned.items() if k in data})
         return data
 
 
 class TrainForm(forms.Form):
-    configuration = forms.ModelChoiceField(queryset=None, label="Model configuration", empty_label=None)
-    data = forms.ModelChoiceField(queryset=None, label="Training data", empty_label=None)
+    configuration: forms.ModelChoiceField[ModelConfiguration] = forms.ModelChoiceField(
+        queryset=None, label="Model configuration", empty_label=None
+    )
+    # Django's metaclass moves declared fields into `base_fields`, so this never shadows `.data`.
+    data: forms.ModelChoiceField[TrainingData] = forms.ModelChoiceField(  # type: ignore[assignment]
+        queryset=None, label="Training data", empty_label=None
+    )
 
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["configuration"].queryset = _tuning_models().ModelConfiguration.objects.filter(project=project)
-        self.fields["data"].queryset = project.training_data.all()
+        model_choice(self, "configuration").queryset = ModelConfiguration.objects.filter(
+            project=project
+        )
+        model_choice(self, "data").queryset = project.training_data.all()
 
 
 class SampleRecommendationForm(forms.Form):
-    trained_model = forms.ModelChoiceField(queryset=None, label="Model", empty_label=None)
+    trained_model: forms.ModelChoiceField[TrainedModel] = forms.ModelChoiceField(
+        queryset=None, label="Model", empty_label=None
+    )
     user_id = forms.CharField(label="User id", max_length=256)
     cutoff = forms.IntegerField(label="How many items", min_value=1, max_value=100, initial=10)
 
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from recotem.training.models import TrainedModel
-
-        self.fields["trained_model"].queryset = TrainedModel.objects.filter(
-            project=project, status="COMPLETED"
+        model_choice(self, "trained_model").queryset = TrainedModel.objects.filter(
+            project=project, status=JobStatus.COMPLETED
         ).select_related("configuration")
 
 
@@ -280,29 +377,65 @@ def _timezone_choices() -> list[tuple[str, str]]:
     return [("UTC", "UTC")] + [(n, n) for n in names if n != "UTC"]
 
 
-class ScheduleForm(forms.ModelForm):
+class ScheduleForm(forms.ModelForm[RetrainingSchedule]):
     """The retraining schedule, with the user guide's labels as the visible labels."""
 
+    # Optional so a form posted without it (an older page) keeps the model's default.
+    max_data_shrink = forms.FloatField(
+        label="Largest allowed data shrink",
+        required=False,
+        initial=RetrainingSchedule.max_data_shrink.field.default,
+        help_text=(
+            "Refuse to deploy when the data has this share fewer rows than at the last "
+            "completed run (0.5: half); a forced run deploys anyway."
+        ),
+    )
+
     cron_expression = forms.CharField(
-        label="Cron Expression", max_length=128, initial="0 2 * * *",
+        label="Cron Expression",
+        max_length=128,
+        initial="0 2 * * *",
         help_text="minute hour day-of-month month day-of-week, e.g. 0 2 * * 0 (Sundays 02:00).",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "class": "mono"}),
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "class": "mono"}
+        ),
     )
     timezone = forms.ChoiceField(label="Timezone", choices=_timezone_choices, initial="UTC")
     tried_algorithms = forms.MultipleChoiceField(
-        label="Algorithms to retune", choices=_algorithm_choices, widget=forms.CheckboxSelectMultiple,
-        required=False, help_text="The tuning budget's search space; leave empty for the default set.",
+        label="Algorithms to retune",
+        choices=_algorithm_choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="The tuning budget's search space; leave empty for the default set.",
     )
 
     class Meta:
-        from recotem.retraining.models import RetrainingSchedule
-
         model = RetrainingSchedule
         fields = [
-            "cron_expression", "timezone", "training_data", "model_configuration", "retune",
-            "split_config", "evaluation_config", "n_trials", "timeout_overall", "tried_algorithms",
-            "auto_deploy", "deploy_slot", "gate_tolerance", "max_retries", "retry_backoff_seconds",
-            "time_limit_seconds", "notify_on_failure", "webhook_url", "is_enabled",
+            "cron_expression",
+            "timezone",
+            "training_data",
+            "model_configuration",
+            "retune",
+            "split_config",
+            "evaluation_config",
+            "n_trials",
+            "timeout_overall",
+            "tried_algorithms",
+            "auto_deploy",
+            "deploy_slot",
+            "gate_tolerance",
+            "max_data_shrink",
+            "deploy_mode",
+            "canary_percent",
+            "canary_minutes",
+            "canary_metric",
+            "max_retries",
+            "retry_backoff_seconds",
+            "time_limit_seconds",
+            "notify_on_failure",
+            "webhook_url",
+            "is_enabled",
         ]
         labels = {
             "training_data": "Training Data",
@@ -315,6 +448,11 @@ class ScheduleForm(forms.ModelForm):
             "auto_deploy": "Auto Deploy",
             "deploy_slot": "Target slot",
             "gate_tolerance": "Gate tolerance",
+            "max_data_shrink": "Largest allowed data shrink",
+            "deploy_mode": "Deploy mode",
+            "canary_percent": "Canary share (% of the slot's users)",
+            "canary_minutes": "Canary window (minutes)",
+            "canary_metric": "Canary metric",
             "max_retries": "Max retries",
             "retry_backoff_seconds": "Retry backoff (seconds)",
             "time_limit_seconds": "Run time limit (seconds)",
@@ -327,38 +465,103 @@ class ScheduleForm(forms.ModelForm):
             "model_configuration": "Required unless Retune is on.",
             "retune": "Run a new hyperparameter search before training.",
             "auto_deploy": "Replace the model in the target slot when the new one passes the quality gate.",
-            "gate_tolerance": "Deploy if the new score ≥ incumbent × (1 − tolerance); 0.02 allows a 2% drop.",
-            "webhook_url": "Receives a signed JSON POST when a run fails (with Notify on failure).",
+            "gate_tolerance": (
+                "Reject only a model confidently worse than the deployed one by more than this "
+                "share of its score (0.02: 2 %); equally good models deploy."
+            ),
+            "max_data_shrink": (
+                "Refuse to deploy when the data has this share fewer rows than at the last "
+                "completed run (0.5: half); a forced run deploys anyway."
+            ),
+            "webhook_url": "Receives a signed JSON POST when a run fails or a canary is rolled back (with Notify on failure).",
+            "deploy_mode": (
+                "Replace: the new model takes over the slot at once. Canary: it first serves a "
+                "share of the slot's users as an experiment, promoted when the window ends "
+                "unless the incumbent is confidently better."
+            ),
+            "canary_percent": "1 to 50.",
+            "canary_metric": "The event type that counts as a conversion (click, purchase or a custom one).",
             "retry_backoff_seconds": "Wait before the first retry; doubles with each further retry (at most 1 hour).",
             "time_limit_seconds": "A run still going after this long is failed (and retried). 60 s to 7 days.",
         }
 
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from recotem.deployment.models import DeploymentSlot
-
         self.fields["webhook_url"] = forms.CharField(
-            label="Webhook URL (optional)", max_length=2048, required=False,
+            label="Webhook URL (optional)",
+            max_length=2048,
+            required=False,
             help_text=self.Meta.help_texts["webhook_url"],
             widget=forms.URLInput(),
         )
-        tm = _tuning_models()
         self.project = project
-        self.fields["training_data"].queryset = project.training_data.all()
-        self.fields["training_data"].empty_label = "latest"
-        self.fields["model_configuration"].queryset = tm.ModelConfiguration.objects.filter(project=project)
-        self.fields["model_configuration"].empty_label = "— none —"
-        self.fields["split_config"].queryset = tm.SplitConfig.objects.filter(project=project)
-        self.fields["evaluation_config"].queryset = tm.EvaluationConfig.objects.filter(project=project)
-        self.fields["deploy_slot"].queryset = DeploymentSlot.objects.filter(project=project)
-        self.fields["deploy_slot"].empty_label = "— the only active slot —"
+        training_data = model_choice(self, "training_data")
+        training_data.queryset = project.training_data.all()
+        training_data.empty_label = "latest"
+        configuration = model_choice(self, "model_configuration")
+        configuration.queryset = ModelConfiguration.objects.filter(project=project)
+        configuration.empty_label = "— none —"
+        split = model_choice(self, "split_config")
+        split.queryset = SplitConfig.objects.filter(project=project)
+        evaluation = model_choice(self, "evaluation_config")
+        evaluation.queryset = EvaluationConfig.objects.filter(project=project)
+        deploy_slot = model_choice(self, "deploy_slot")
+        deploy_slot.queryset = DeploymentSlot.objects.filter(project=project)
+        deploy_slot.empty_label = "— the only active slot —"
+        for name in ("deploy_mode", "canary_percent", "canary_minutes", "canary_metric"):
+            self.fields[name].required = False  # the model's default when left out
         cron_attrs = self.fields["cron_expression"].widget.attrs
         cron_attrs["aria-describedby"] = "cron-description"
 
     def clean(self) -> dict[str, Any]:
-        from recotem.retraining.validation import FIELDS, validate_schedule
-
-        data = super().clean()
-        cleaned = shared_clean(self, validate_schedule, project=self.project, **{f: data.get(f) for f in FIELDS})
+        super().clean()
+        data = self.cleaned_data
+        if data.get("max_data_shrink") is None and "max_data_shrink" not in self.errors:
+            data["max_data_shrink"] = RetrainingSchedule.max_data_shrink.field.default
+        defaults = {
+            "deploy_mode": RetrainingSchedule.deploy_mode.field.default,
+            "canary_percent": RetrainingSchedule.canary_percent.field.default,
+            "canary_minutes": RetrainingSchedule.canary_minutes.field.default,
+            "canary_metric": RetrainingSchedule.canary_metric.field.default,
+        }
+        for name, default in defaults.items():
+            if data.get(name) in (None, "") and name not in self.errors:
+                data[name] = default
+        cleaned = shared_clean(
+            self,
+            validate_schedule,
+            project=self.project,
+            **{f: data.get(f) for f in SCHEDULE_FIELDS},
+        )
         data.update({k: v for k, v in cleaned.items() if k in data})
         return data
+
+
+class EventsSourceForm(forms.Form):
+    """A data source of kind ``events``: which stored feedback events a run trains on."""
+
+    event_types = forms.CharField(
+        label="Event types",
+        required=False,
+        max_length=1000,
+        help_text="Comma-separated, e.g. click, purchase. Empty: every type except impression "
+        "(what was shown is not what the user did).",
+    )
+    window_days = forms.IntegerField(
+        label="Window (days)",
+        required=False,
+        min_value=1,
+        max_value=MAX_WINDOW_DAYS,
+        help_text="Only events of the last N days. Empty: every stored event.",
+    )
+
+    def clean_event_types(self) -> list[str] | None:
+        """The list the API takes (None when empty), checked with the API's rule."""
+        raw: str = self.cleaned_data["event_types"]
+        types = raw.replace(",", " ").split()
+        if not types:
+            return None
+        problems = event_types_errors(types)
+        if problems:
+            raise ValidationError(problems[0])
+        return types

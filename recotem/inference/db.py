@@ -13,7 +13,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
+from django.utils import timezone
+
+from recotem.accounts.models import ApiKey
+from recotem.core.artifacts import signing_keys
+from recotem.core.files import local_file, read_stored
+from recotem.core.jobs import JobStatus
+from recotem.deployment.models import DeploymentSlot, RoutingVersion
+from recotem.experiments import selectors as experiment_selectors
+from recotem.experiments import services as experiment_services
+from recotem.ml.artifact import load_artifact
+from recotem.ml.data import read_table
+from recotem.ml.recommend import LoadedModel
+from recotem.projects.limits import data_limits
+from recotem.projects.models import ItemMetaData, Project
+from recotem.training.models import TrainedModel
 
 logger = logging.getLogger("recotem.inference")
 
@@ -49,8 +64,6 @@ def _fresh() -> None:
 
 
 def routing_version() -> int:
-    from recotem.deployment.models import RoutingVersion
-
     _fresh()
     row = RoutingVersion.objects.filter(pk=1).values_list("version", flat=True).first()
     return int(row or 0)
@@ -58,21 +71,54 @@ def routing_version() -> int:
 
 def active_slots() -> list[SlotRow]:
     """Every active slot with a positive weight (the routing table), one query."""
-    from recotem.deployment.models import DeploymentSlot
-
     _fresh()
-    rows = DeploymentSlot.objects.filter(is_active=True, weight__gt=0).order_by("id").values_list(
-        "id", "project_id", "name", "trained_model_id", "weight"
+    rows = (
+        DeploymentSlot.objects.filter(is_active=True, weight__gt=0)
+        .order_by("id")
+        .values_list("id", "project_id", "name", "trained_model_id", "weight")
     )
     return [SlotRow(*row) for row in rows]
 
 
-def model_metas(model_ids: list[int]) -> dict[int, ModelMeta]:
-    from recotem.training.models import TrainedModel
-    from recotem.tuning.models import JobStatus
-
+def project_salts(project_ids: list[int]) -> dict[int, str]:
+    """Each project's assignment salt (sticky slot assignment), one query."""
     _fresh()
-    rows = TrainedModel.objects.filter(pk__in=model_ids).values_list("id", "project_id", "status", "file")
+    rows = Project.objects.filter(pk__in=project_ids).values_list("id", "assignment_salt")
+    return dict(rows)
+
+
+def running_arms() -> dict[int, experiment_selectors.SlotArm]:
+    """Slots that are arms of a running experiment, one query."""
+    _fresh()
+    return experiment_selectors.running_arms()
+
+
+def _keep() -> None:
+    """Keep this thread's connection from batch to batch, dropping it only after an error left
+    it unusable. ``_fresh`` would close it every time (settings use conn_max_age=0, right for
+    Django's request threads), and a new PostgreSQL connection per batch costs more than the
+    batch's insert. The event pool's threads are few and fixed, so connections stay bounded."""
+    conn = connections["default"]
+    if conn.connection is not None and conn.errors_occurred:
+        if conn.is_usable():
+            conn.errors_occurred = False
+        else:
+            conn.close()
+
+
+def store_events(project_id: int, events: list[dict[str, Any]]) -> tuple[int, int]:
+    """One batch of feedback events, committed: ``(accepted, duplicates)``; InvalidInput on
+    a bad event, experiments.services.ProjectGone when the project was deleted (nothing
+    stored either way)."""
+    _keep()
+    return experiment_services.events_store(project_id, events)
+
+
+def model_metas(model_ids: list[int]) -> dict[int, ModelMeta]:
+    _fresh()
+    rows = TrainedModel.objects.filter(pk__in=model_ids).values_list(
+        "id", "project_id", "status", "file"
+    )
     return {
         mid: ModelMeta(mid, pid, status == JobStatus.COMPLETED and bool(file), file or "")
         for mid, pid, status, file in rows
@@ -85,8 +131,6 @@ def _ts(value: datetime | None) -> float | None:
 
 def fetch_keys(hashes: list[str]) -> dict[str, KeyEntry | None]:
     """Usable keys by hash; revoked or missing hashes map to None. One query per 500 hashes."""
-    from recotem.accounts.models import ApiKey
-
     _fresh()
     found: dict[str, KeyEntry | None] = dict.fromkeys(hashes)
     for begin in range(0, len(hashes), 500):
@@ -99,11 +143,14 @@ def fetch_keys(hashes: list[str]) -> dict[str, KeyEntry | None]:
     return found
 
 
+def rehash_key(key_id: int, old_hash: str, new_hash: str) -> None:
+    """Store a key's hash under the current SECRET_KEY (it matched under a fallback)."""
+    _fresh()
+    ApiKey.objects.filter(pk=key_id, key_hash=old_hash).update(key_hash=new_hash)
+
+
 def touch_keys(key_ids: list[int]) -> None:
     """Batched `last_used_at` for keys seen since the last flush (an UPDATE, so no signals)."""
-    from django.utils import timezone
-
-    from recotem.accounts.models import ApiKey
 
     if not key_ids:
         return
@@ -111,21 +158,22 @@ def touch_keys(key_ids: list[int]) -> None:
     ApiKey.objects.filter(pk__in=key_ids).update(last_used_at=timezone.now())
 
 
-def load_model(meta: ModelMeta) -> Any:
-    """Read the artifact through the storage API, verify its signature, precompute top-K."""
-    from django.core.files.storage import default_storage
-
-    from recotem.ml.artifact import load_artifact
-    from recotem.training.services import artifact_signing_keys
-
+def load_model(meta: ModelMeta) -> LoadedModel:
+    """Read the artifact through the storage API (and this machine's cache on S3), verify its
+    signature, precompute top-K."""
     _fresh()
     start = time.perf_counter()
-    with default_storage.open(meta.file_name, "rb") as fh:
-        payload = fh.read()
-    _, keys = artifact_signing_keys()
+    payload = read_stored(meta.file_name)
+    _, keys = signing_keys()
     loaded = load_artifact(payload, keys=keys)
-    logger.info("loaded model #%s (%s, %d users, %d items) in %.2f s", meta.id, loaded.class_name,
-                len(loaded.user_ids), len(loaded.item_ids), time.perf_counter() - start)
+    logger.info(
+        "loaded model #%s (%s, %d users, %d items) in %.2f s",
+        meta.id,
+        loaded.class_name,
+        len(loaded.user_ids),
+        len(loaded.item_ids),
+        time.perf_counter() - start,
+    )
     return loaded
 
 
@@ -137,13 +185,16 @@ class ItemMetadata:
 
 
 def latest_item_metadata_id(project_id: int) -> int | None:
-    from recotem.projects.models import ItemMetaData
-
     _fresh()
-    return ItemMetaData.objects.filter(project_id=project_id).order_by("-id").values_list("id", flat=True).first()
+    return (
+        ItemMetaData.objects.filter(project_id=project_id)
+        .order_by("-id")
+        .values_list("id", flat=True)
+        .first()
+    )
 
 
-def _json_safe(value: Any) -> Any:
+def _json_safe(value: Any) -> str | bool | int | float | None:
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
@@ -154,19 +205,25 @@ def _json_safe(value: Any) -> Any:
 
 
 def load_item_metadata(project_id: int) -> ItemMetadata:
-    """The project's latest item metadata as {item_id: {column: value}} (empty if none)."""
-    from recotem.ml.data import read_table
-    from recotem.projects.models import ItemMetaData, Project
-    from recotem.training.services import local_file
+    """The project's latest item metadata as {item_id: {column: value}} (empty if none).
 
+    Read with the same limits as an upload (``recotem.projects.limits``): a file stored before
+    the limits were lowered raises DataLimitExceeded instead of filling the process.
+    """
     _fresh()
     meta = ItemMetaData.objects.filter(project_id=project_id).order_by("-id").first()
     if meta is None:
         return ItemMetadata(None, (), {})
     item_column = Project.objects.values_list("item_column", flat=True).get(pk=project_id)
     with local_file(meta.file) as path:
-        df = read_table(path, required_columns=[item_column], string_columns=[item_column],
-                        original_name=meta.original_name, all_columns=True)
+        df = read_table(
+            path,
+            required_columns=[item_column],
+            string_columns=[item_column],
+            original_name=meta.original_name,
+            all_columns=True,
+            **data_limits(path, meta.original_name),
+        )
     columns = tuple(str(c) for c in df.columns if c != item_column)
     rows: dict[str, dict[str, Any]] = {}
     for record in df.to_dict(orient="records"):

@@ -31,7 +31,9 @@ class Metrics:
             "# TYPE recotem_inference_requests_total counter",
         ]
         for (endpoint, status), n in sorted(self.requests.items()):
-            out.append(f'recotem_inference_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            out.append(
+                f'recotem_inference_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}'
+            )
         out += [
             "# HELP recotem_inference_request_duration_seconds Time from request to response.",
             "# TYPE recotem_inference_request_duration_seconds histogram",
@@ -41,15 +43,23 @@ class Metrics:
             for bound, n in zip((*BUCKETS, float("inf")), counts, strict=True):
                 cumulative += n
                 le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f'recotem_inference_request_duration_seconds_bucket{{endpoint="{endpoint}",le="{le}"}} {cumulative}')
-            out.append(f'recotem_inference_request_duration_seconds_sum{{endpoint="{endpoint}"}} {self.latency_sum[endpoint]:.6f}')
-            out.append(f'recotem_inference_request_duration_seconds_count{{endpoint="{endpoint}"}} {cumulative}')
+                out.append(
+                    f'recotem_inference_request_duration_seconds_bucket{{endpoint="{endpoint}",le="{le}"}} {cumulative}'
+                )
+            out.append(
+                f'recotem_inference_request_duration_seconds_sum{{endpoint="{endpoint}"}} {self.latency_sum[endpoint]:.6f}'
+            )
+            out.append(
+                f'recotem_inference_request_duration_seconds_count{{endpoint="{endpoint}"}} {cumulative}'
+            )
         out += [
             "# HELP recotem_inference_model_loads_total Model artifact loads by result.",
             "# TYPE recotem_inference_model_loads_total counter",
         ]
         for result in ("ok", "error"):
-            out.append(f'recotem_inference_model_loads_total{{result="{result}"}} {self.model_loads[result]}')
+            out.append(
+                f'recotem_inference_model_loads_total{{result="{result}"}} {self.model_loads[result]}'
+            )
         out += [
             "# HELP recotem_inference_model_swaps_total Slots switched to a newly loaded model.",
             "# TYPE recotem_inference_model_swaps_total counter",

@@ -314,6 +314,30 @@ def next_runs(expr: str, tz: str, n: int = 5, after: datetime | None = None) -> 
     return [fire.astimezone(zone) for fire in found]
 
 
+def latest_run(
+    expr: str, tz: str, *, now: datetime, after: datetime | None = None
+) -> datetime | None:
+    """The latest fire time in ``(after, now]`` (``after`` None: the last 24 hours), or None.
+
+    What a scheduler owes after a pause: one run, for the most recent missed instant, not a
+    burst of catch-up runs. Uses the same instants as :func:`next_runs` (so as the preview).
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    floor = now - timedelta(days=1)
+    cursor = floor if after is None or after < floor else after
+    latest: datetime | None = None
+    while True:
+        batch = next_runs(expr, tz, n=64, after=cursor)
+        for fire in batch:
+            if fire > now:
+                return latest
+            latest = fire
+        if len(batch) < 64:
+            return latest
+        cursor = batch[-1]
+
+
 def celery_crontab_fields(expr: str) -> dict[str, str]:
     """Return the ``CrontabSchedule`` / ``celery.schedules.crontab`` keyword fields.
 

@@ -18,12 +18,14 @@ Policy (``RECOTEM_ALLOWED_SOURCE_HOSTS`` is the administrator's allow list):
 * HTTP URLs must be ``http``/``https``. SQLAlchemy URLs must be PostgreSQL,
   MySQL/MariaDB or SQLite, may only carry harmless query options (``host=``,
   ``unix_socket=`` or ``read_default_file=`` would redirect the connection or
-  read server files), and may never point at Recotem's own database.
+  read server files), and may never point at the server of Recotem's own database
+  (same port on the same machine, whatever the database name).
 
-Residual risk: the HTTP client resolves the name again when it connects, so a
-hostile DNS server could answer differently the second time (DNS rebinding).
-Callers that fetch untrusted URLs should also disable redirects or re-check
-each redirect target with :func:`check_url_allowed`.
+DNS rebinding: an HTTP client that resolves the name again when it connects can be
+sent elsewhere by a DNS server that answers differently the second time. Use
+:mod:`recotem.lib.safehttp`, which connects to the addresses
+:func:`resolve_url_allowed` checked and re-checks every redirect. Database drivers
+still resolve again (libpq ``hostaddr`` could pin PostgreSQL; not done yet).
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 __all__ = [
+    "CheckedUrl",
     "UrlNotAllowed",
     "check_sqlalchemy_url_allowed",
     "check_url_allowed",
+    "is_same_database_server",
     "parse_allowed_hosts",
+    "resolve_url_allowed",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -167,6 +172,17 @@ def _check_host(host: str, port: int, allow: _AllowList, *, what: str) -> list[I
     return addresses
 
 
+@dataclass(frozen=True)
+class CheckedUrl:
+    """An HTTP(S) URL that passed the policy, with the addresses it may be connected to."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
+
+
 def check_url_allowed(
     url: str,
     *,
@@ -179,7 +195,23 @@ def check_url_allowed(
     (``(host, port)``, port ``None`` meaning any; e.g. Recotem's own web server,
     so a webhook cannot call Recotem's API) by name or by resolved address;
     then apply the allow-list policy described in the module docstring.
-    Side effect: DNS look-ups.
+    Side effect: DNS look-ups. To connect, use :func:`resolve_url_allowed` (or
+    :mod:`recotem.lib.safehttp`) so the connection goes to the address checked here.
+    """
+    resolve_url_allowed(url, allowed_hosts=allowed_hosts, forbidden_hosts=forbidden_hosts)
+
+
+def resolve_url_allowed(
+    url: str,
+    *,
+    allowed_hosts: Iterable[str],
+    forbidden_hosts: Iterable[tuple[str, int | None]] = (),
+) -> CheckedUrl:
+    """Check ``url`` like :func:`check_url_allowed` and return the addresses to connect to.
+
+    The host is resolved once; every address is checked (a host listed by name is trusted
+    whatever it resolves to, but is still resolved here). Connect only to these addresses:
+    resolving again would let a DNS server answer differently (rebinding).
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -196,6 +228,13 @@ def check_url_allowed(
         if f_host == host and f_port in (None, port):
             raise UrlNotAllowed(f"The URL points at {host}:{port}, which Recotem itself uses.")
     addresses = _check_host(host, port, allow, what="URL")
+    if not addresses:  # listed by name: trusted, but connect to what it resolves to now
+        try:
+            addresses = _resolve(host, port)
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise UrlNotAllowed(f"Cannot resolve host '{host}' of the URL.") from exc
+        if not addresses:
+            raise UrlNotAllowed(f"Cannot resolve host '{host}' of the URL.")
     for f_host, f_port in forbidden:
         if f_port not in (None, port):
             continue
@@ -205,6 +244,8 @@ def check_url_allowed(
             continue
         if f_ip in addresses:
             raise UrlNotAllowed(f"The URL points at {f_ip}:{port}, which Recotem itself uses.")
+    unique = tuple(dict.fromkeys(addresses))
+    return CheckedUrl(url=url.strip(), scheme=scheme, host=host, port=port, addresses=unique)
 
 
 def check_sqlalchemy_url_allowed(
@@ -212,8 +253,13 @@ def check_sqlalchemy_url_allowed(
     *,
     allowed_hosts: Iterable[str],
     own_database: Mapping[str, Any],
+    allow_own_server: bool = False,
 ) -> None:
     """Raise :class:`UrlNotAllowed` unless a SQLAlchemy source URL may be opened.
+
+    ``allow_own_server=True`` is an administrator's explicit choice for deployments whose
+    shop data lives in another database on the same server (give that source its own
+    SELECT-only role): then only Recotem's own database name on that server is refused.
 
     ``own_database`` is Recotem's database in Django's ``DATABASES["default"]``
     shape (``ENGINE``, ``NAME``, ``HOST``, ``PORT``; lower-case keys work too).
@@ -221,8 +267,11 @@ def check_sqlalchemy_url_allowed(
     Steps: parse with SQLAlchemy's ``make_url``; allow only postgresql, mysql,
     mariadb and sqlite dialects and the query options in ``_SAFE_DB_QUERY_KEYS``;
     for SQLite require an absolute file path under a ``sqlite:/path`` allow
-    entry that is not Recotem's own database file; for servers refuse Recotem's
-    own host+port+database, then apply the host policy. Side effect: DNS look-ups.
+    entry that is not Recotem's own database file; for servers apply the host policy, then
+    refuse any database on the server Recotem's own database runs on
+    (:func:`is_same_database_server`: same port, same machine by resolved address), since a
+    source there could read ``/postgres``, ``/template1`` or Recotem's own tables under another
+    name. Side effect: DNS look-ups.
     """
     try:
         parsed = make_url(url.strip())
@@ -246,9 +295,23 @@ def check_sqlalchemy_url_allowed(
         # libpq/MySQL fall back to a local Unix socket, i.e. this machine.
         raise UrlNotAllowed("The database URL must name a host (local sockets are not allowed).")
     port = parsed.port or _DEFAULT_PORTS[dialect]
-    addresses = _check_host(host, port, allow, what="database URL")
-    if _is_own_server_database(dialect, host, port, addresses, parsed.database, own):
-        raise UrlNotAllowed("The URL points at Recotem's own database; use a separate database.")
+    _check_host(host, port, allow, what="database URL")
+    same_server = is_same_database_server(
+        url,
+        own_engine=str(own.get("ENGINE", "")),
+        own_host=own.get("HOST"),
+        own_port=own.get("PORT"),
+    )
+    if same_server and allow_own_server:
+        if (parsed.database or "") == str(own.get("NAME", "")):
+            raise UrlNotAllowed(
+                "The URL points at Recotem's own database; use a separate database."
+            )
+    elif same_server:
+        raise UrlNotAllowed(
+            "The URL points at the server of Recotem's own database (any database on it "
+            "counts); use a separate database server."
+        )
 
 
 def _check_sqlite(parsed: URL, allow: _AllowList, own: Mapping[str, Any]) -> None:
@@ -279,29 +342,79 @@ def _own_dialect(engine: str) -> str | None:
     return None
 
 
-def _is_own_server_database(
-    dialect: str,
-    host: str,
-    port: int,
-    addresses: list[IPAddress],
-    database: str | None,
-    own: Mapping[str, Any],
+def is_same_database_server(
+    source_url: str,
+    *,
+    own_engine: str,
+    own_host: str | None,
+    own_port: int | str | None,
 ) -> bool:
-    own_dialect = _own_dialect(str(own.get("ENGINE", "")))
-    family = "mysql" if dialect == "mariadb" else dialect
-    if own_dialect != family or (database or "") != str(own.get("NAME", "")):
+    """Whether a server URL reaches the same database server as Recotem's own, any database.
+
+    ``own_engine`` is e.g. Django's ``django.db.backends.postgresql``; ``own_host`` and
+    ``own_port`` are the own database's settings (empty host or a directory path means a
+    Unix socket, i.e. this machine). Same server means the same port on the same machine:
+    loopback and unspecified addresses and every address assigned to this machine are one
+    machine, other hosts are compared by their resolved addresses. A SQLite own database has
+    no server (False). When a name cannot be resolved the answer is True: refusing is the safe
+    side. Side effect: DNS look-ups.
+    """
+    own_family = _own_dialect(own_engine)
+    if own_family is None:
         return False
-    own_port = int(own.get("PORT") or _DEFAULT_PORTS[family])
-    if own_port != port:
+    try:
+        parsed = make_url(source_url.strip())
+    except (ArgumentError, ValueError):
         return False
-    # Django's empty HOST means the local socket, i.e. this machine.
-    own_host = _normalize_host(str(own.get("HOST") or "localhost"))
-    if own_host == host:
+    dialect = parsed.get_backend_name()
+    if dialect not in _DEFAULT_PORTS:
+        return False
+    port = parsed.port or _DEFAULT_PORTS[dialect]
+    try:
+        own_port_number = int(own_port or _DEFAULT_PORTS[own_family])
+    except ValueError:
+        return True
+    if port != own_port_number:
+        return False
+    return _same_machine(parsed.host or "", own_host or "", port)
+
+
+def _same_machine(host: str, other: str, port: int) -> bool:
+    a, b = _normalize_host(host), _normalize_host(other)
+    if a == b:
         return True
     try:
-        own_addresses = set(_resolve(own_host, own_port))
-        target = set(addresses) or set(_resolve(host, port))
+        a_addresses = _machine_addresses(a, port)
+        b_addresses = _machine_addresses(b, port)
     except (OSError, UnicodeError, ValueError):
-        # Cannot prove they differ; refusing is the safe side.
         return True
-    return bool(own_addresses & target)
+    if _is_local(a_addresses) and _is_local(b_addresses):
+        return True
+    return bool(set(a_addresses) & set(b_addresses))
+
+
+def _machine_addresses(host: str, port: int) -> list[IPAddress]:
+    # Django's empty HOST (and libpq's socket directory) is the local Unix socket.
+    if not host or host.startswith("/"):
+        return [ipaddress.ip_address("127.0.0.1")]
+    return _resolve(host, port)
+
+
+def _is_local(addresses: list[IPAddress]) -> bool:
+    return bool(addresses) and all(_is_this_machine(ip) for ip in addresses)
+
+
+def _is_this_machine(ip: IPAddress) -> bool:
+    """Loopback, unspecified, or assigned to one of this machine's interfaces."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    # Binding succeeds only to a local address (EADDRNOTAVAIL otherwise); nothing is sent.
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True

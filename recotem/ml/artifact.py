@@ -24,10 +24,11 @@ import hmac
 import io
 import pickle
 import struct
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from .recommend import DEFAULT_PRECOMPUTE_K, LoadedModel
-from .training import FittedModel
+if TYPE_CHECKING:  # both import irspack: verifying or re-signing an artifact needs neither
+    from .recommend import LoadedModel
+    from .training import FittedModel
 
 MAGIC = b"RCTMMDL\x00"
 FORMAT_VERSION = 1
@@ -120,22 +121,9 @@ def _parse(data: bytes) -> tuple[str, bytes, bytes, bytes]:
     return key_id, data[:head_end], data[head_end : head_end + _MAC_LEN], payload
 
 
-def load_artifact(
-    data_or_fileobj: bytes | bytearray | memoryview | IO[bytes],
-    *,
-    keys: dict[str, bytes],
-    precompute_k: int = DEFAULT_PRECOMPUTE_K,
-) -> LoadedModel:
-    """Verify and load an artifact; precompute top-``precompute_k`` lists (0: skip).
-
-    ``keys`` maps key ids to secrets (old keys stay listed during rotation).
-    Raises ArtifactError for wrong magic, unknown format version, unknown
-    key id, truncation or a MAC mismatch - always before unpickling.
-    """
-    if isinstance(data_or_fileobj, (bytes, bytearray, memoryview)):
-        data = bytes(data_or_fileobj)
-    else:
-        data = data_or_fileobj.read()
+def verify_artifact(data: bytes, *, keys: dict[str, bytes]) -> tuple[str, bytes]:
+    """Check the MAC (nothing is unpickled); return (key id, payload). ArtifactError if not
+    authentic under one of ``keys``."""
     key_id, header, mac, payload = _parse(data)
     key = keys.get(key_id)
     if key is None:
@@ -147,6 +135,44 @@ def load_artifact(
         raise ArtifactError(
             "artifact signature mismatch: the file was modified or the key is wrong"
         )
+    return key_id, payload
+
+
+def resign_artifact(data: bytes, *, keys: dict[str, bytes], key: bytes, key_id: str) -> bytes:
+    """The same artifact signed with ``key`` (``key_id``), after verifying it under ``keys``.
+
+    The payload is copied byte for byte, never unpickled: re-signing needs no trust in it
+    beyond the old signature. Raises ArtifactError when that signature does not verify.
+    """
+    if not key:
+        raise ValueError("signing key must not be empty")
+    if not key_id or len(key_id.encode("utf-8")) > _MAX_KEY_ID:
+        raise ValueError("key_id must be 1-255 bytes of UTF-8")
+    _, payload = verify_artifact(data, keys=keys)
+    header = _header(key_id, len(payload))
+    return header + hmac.new(key, header + payload, hashlib.sha256).digest() + payload
+
+
+def load_artifact(
+    data_or_fileobj: bytes | bytearray | memoryview | IO[bytes],
+    *,
+    keys: dict[str, bytes],
+    precompute_k: int | None = None,
+) -> LoadedModel:
+    """Verify and load an artifact; precompute top-``precompute_k`` lists (0: skip; None:
+    ``recommend.DEFAULT_PRECOMPUTE_K``).
+
+    ``keys`` maps key ids to secrets (old keys stay listed during rotation).
+    Raises ArtifactError for wrong magic, unknown format version, unknown
+    key id, truncation or a MAC mismatch - always before unpickling.
+    """
+    if isinstance(data_or_fileobj, (bytes, bytearray, memoryview)):
+        data = bytes(data_or_fileobj)
+    else:
+        data = data_or_fileobj.read()
+    from .recommend import DEFAULT_PRECOMPUTE_K, LoadedModel
+
+    _, payload = verify_artifact(data, keys=keys)
     try:
         content = pickle.load(io.BytesIO(payload))
     except Exception as exc:  # authentic but unreadable, e.g. a missing irspack class
@@ -164,6 +190,8 @@ def load_artifact(
         metrics=dict(content.get("metrics") or {}),
         created_at=content.get("created_at"),
     )
+    if precompute_k is None:
+        precompute_k = DEFAULT_PRECOMPUTE_K
     if precompute_k > 0:
         model.precompute(precompute_k)
     return model

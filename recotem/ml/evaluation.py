@@ -57,6 +57,7 @@ def make_evaluator(
 
 
 def metrics_of(evaluator: Evaluator, recommender: BaseRecommender) -> dict[str, float]:
-    """ndcg/map/recall/hit/precision at the evaluator's cutoff, as floats."""
+    """ndcg/map/recall/hit/precision at the evaluator's cutoff, as floats keyed with the cutoff
+    (``"ndcg@10"``): a score is only comparable with one at the same cutoff, so the key says it."""
     raw = evaluator.get_score(recommender)
-    return {name: float(raw[name]) for name in REPORTED_METRICS}
+    return {f"{name}@{evaluator.cutoff}": float(raw[name]) for name in REPORTED_METRICS}

@@ -43,13 +43,25 @@ def encode_ids(values: pd.Series, ids: list[str] | None = None) -> tuple[np.ndar
     """Map a column to integer codes in sorted-string order.
 
     If ``ids`` is given it defines the order, and values not in it get -1.
+
+    The column is factorised first and only its distinct values are turned into Python strings,
+    sorted and looked up: 20 M rows hold ~140 k distinct users, and converting every row to a
+    Python string (the obvious way) was most of the matrix phase.
     """
-    as_str = values.astype(str).astype(object)
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    as_str = np.asarray(pd.Index(uniques).astype(str), dtype=object)
     if ids is None:
-        ids = sorted(set(as_str.tolist()))
+        distinct = set(as_str.tolist())
+        if len(distinct) != len(as_str):  # e.g. 7 and "7" in one object column: one id
+            ids = sorted(distinct)
+        else:
+            order = np.argsort(as_str, kind="stable")  # Python str order, as sorted() gives
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order), dtype=np.int64)
+            return rank[codes], as_str[order].tolist()
     categories = pd.Index(ids, dtype=object)
-    codes = categories.get_indexer(as_str)
-    return np.asarray(codes, dtype=np.int64), list(ids)
+    lookup = np.asarray(categories.get_indexer(pd.Index(as_str, dtype=object)), dtype=np.int64)
+    return lookup[codes], list(ids)
 
 
 def build_interaction_matrix(
@@ -68,17 +80,32 @@ def build_interaction_matrix(
 
     Raises ValueError if a column is missing or ``df`` holds no interaction.
     """
+    return build_interaction_matrix_with_codes(
+        df, user_column=user_column, item_column=item_column, user_ids=user_ids, item_ids=item_ids
+    )[0]
+
+
+def build_interaction_matrix_with_codes(
+    df: pd.DataFrame,
+    *,
+    user_column: str,
+    item_column: str,
+    user_ids: list[str] | None = None,
+    item_ids: list[str] | None = None,
+) -> tuple[InteractionMatrix, np.ndarray, np.ndarray]:
+    """:func:`build_interaction_matrix` plus each row's user and item code (-1: not in the
+    given id lists), for callers that go on from the rows (the split)."""
     for col in (user_column, item_column):
         if col not in df.columns:
             raise ValueError(f"column {col!r} not found; columns are {list(df.columns)}")
-    u_codes, user_ids = encode_ids(df[user_column], user_ids)
-    i_codes, item_ids = encode_ids(df[item_column], item_ids)
-    keep = (u_codes >= 0) & (i_codes >= 0)
-    u_codes, i_codes = u_codes[keep], i_codes[keep]
+    u_all, user_ids = encode_ids(df[user_column], user_ids)
+    i_all, item_ids = encode_ids(df[item_column], item_ids)
+    keep = (u_all >= 0) & (i_all >= 0)
+    u_codes, i_codes = u_all[keep], i_all[keep]
     if u_codes.size == 0 and (not user_ids or not item_ids):
         raise ValueError("no interactions to build a matrix from")
     X = codes_to_csr(u_codes, i_codes, len(user_ids), len(item_ids))
-    return InteractionMatrix(X=X, user_ids=user_ids, item_ids=item_ids)
+    return InteractionMatrix(X=X, user_ids=user_ids, item_ids=item_ids), u_all, i_all
 
 
 def codes_to_csr(

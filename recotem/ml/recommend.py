@@ -158,8 +158,8 @@ class LoadedModel:
 
     def _scores_remove_seen(self, rows: np.ndarray) -> np.ndarray:
         scores = self.recommender.get_score_remove_seen(rows)
-        if sps.issparse(scores):
-            scores = scores.toarray()
+        if sps.issparse(scores):  # irspack annotates dense, yet a recommender may return sparse
+            scores = sps.csr_matrix(scores).toarray()  # issparse's type guard has no toarray()
         return np.asarray(scores, dtype=np.float64)
 
     def _item_indices(self, item_ids: Iterable[str] | None) -> set[int] | None:
@@ -298,8 +298,8 @@ class LoadedModel:
             scores = self.recommender.get_score_cold_user_remove_seen(X)
         else:
             scores = self.recommender.get_score_cold_user(X)
-        if sps.issparse(scores):
-            scores = scores.toarray()
+        if sps.issparse(scores):  # irspack annotates dense, yet a recommender may return sparse
+            scores = sps.csr_matrix(scores).toarray()  # issparse's type guard has no toarray()
         scores = np.array(scores, dtype=np.float64).reshape(1, -1)
         allowed = self._item_indices(allowed_item_ids)
         excluded = self._item_indices(excluded_item_ids)

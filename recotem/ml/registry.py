@@ -28,6 +28,15 @@ def available_recommenders() -> list[str]:
     )
 
 
+class UnknownRecommenderError(ValueError):
+    """``name`` is not an installed irspack recommender; ``available`` lists the ones that are."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(f"unknown recommender class {name!r}; available: {', '.join(available)}")
+        self.name = name
+        self.available = available
+
+
 def canonical_name(class_name: str) -> str:
     """``"IALS"`` or ``"IALSRecommender"`` -> ``"IALSRecommender"``; ValueError if unknown."""
     names = available_recommenders()
@@ -35,7 +44,7 @@ def canonical_name(class_name: str) -> str:
         return class_name
     if class_name + _SUFFIX in names:
         return class_name + _SUFFIX
-    raise ValueError(f"unknown recommender class {class_name!r}; available: {', '.join(names)}")
+    raise UnknownRecommenderError(class_name, names)
 
 
 def recommender_class(class_name: str) -> type[BaseRecommender]:

@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sps
 from irspack import split_dataframe_partial_user_holdout
 
-from .matrix import InteractionMatrix, build_interaction_matrix, codes_to_csr, encode_ids
+from .matrix import InteractionMatrix, build_interaction_matrix_with_codes, codes_to_csr
 
 Scheme = Literal["RG", "TG", "TU"]
 SCHEMES: tuple[str, ...] = ("RG", "TG", "TU")
@@ -85,6 +85,40 @@ class SplitSpec:
         return self.test_user_ratio if self.val_user_ratio is None else self.val_user_ratio
 
 
+def split_spec_from_config(
+    *,
+    scheme: str = "RG",
+    heldout_ratio: float = 0.1,
+    n_heldout: int | None = None,
+    test_user_ratio: float = 1.0,
+    n_test_users: int | None = None,
+    final_test_ratio: float = 0.1,
+    n_final_test_users: int | None = None,
+    random_seed: int = 42,
+) -> SplitSpec:
+    """The one mapping from Recotem's split settings (a split config) to a :class:`SplitSpec`.
+
+    Tuning, training's holdout score and the retraining gate all split through this function, so
+    they agree on which users are scored. The names are Recotem's public ones, kept from the
+    older Recotem: ``test_user_ratio`` / ``n_test_users`` say which users' held-out items score
+    the *search* (validation users: 1.0 means every user not kept for the final test), and
+    ``final_test_ratio`` / ``n_final_test_users`` the users kept out of tuning altogether for the
+    final, unbiased test score (0: none). A fixed validation-user count keeps the validation set
+    the same size as the data grows.
+    """
+    val_ratio = None if n_test_users is not None else (1.0 - final_test_ratio) * test_user_ratio
+    return SplitSpec(
+        scheme=scheme,  # type: ignore[arg-type]  # checked by SplitSpec.validate
+        heldout_ratio=heldout_ratio,
+        n_heldout=n_heldout,
+        test_user_ratio=final_test_ratio,
+        n_test_users=n_final_test_users,
+        val_user_ratio=val_ratio,
+        n_val_users=n_test_users,
+        random_seed=random_seed,
+    )
+
+
 @dataclass(frozen=True)
 class SplitData:
     """Matrices for tuning (validation) and for the final test score.
@@ -128,9 +162,10 @@ def split_interactions(
             )
         if time_column not in df.columns:
             raise ValueError(f"time column {time_column!r} not found in the data")
-    im = build_interaction_matrix(df, user_column=user_column, item_column=item_column)
-    u_codes, _ = encode_ids(df[user_column], im.user_ids)
-    i_codes, _ = encode_ids(df[item_column], im.item_ids)
+    # The matrix's own codes: encoding the ids a second time cost as much as building it.
+    im, u_codes, i_codes = build_interaction_matrix_with_codes(
+        df, user_column=user_column, item_column=item_column
+    )
     coded = pd.DataFrame({"u": u_codes, "i": i_codes})
     if spec.scheme in ("TG", "TU"):
         assert time_column is not None

@@ -18,6 +18,7 @@ from irspack.recommenders import BaseRecommender
 
 from .matrix import InteractionMatrix, build_interaction_matrix
 from .registry import canonical_name, recommender_class, validate_parameters
+from .timing import PhaseTimer
 
 
 @dataclass
@@ -33,7 +34,7 @@ class FittedModel:
     item_ids: list[str]
     class_name: str
     parameters: dict[str, Any]
-    irspack_version: str = field(default_factory=lambda: str(irspack.__version__))
+    irspack_version: str = field(default_factory=lambda: str(irspack.__version__))  # type: ignore[attr-defined]  # irspack imports it without re-exporting
     fit_seconds: float = 0.0
 
 
@@ -75,7 +76,11 @@ def train_model(
     user_column: str,
     item_column: str,
     quiet: bool = True,
+    timer: PhaseTimer | None = None,
 ) -> FittedModel:
-    """Build the implicit matrix from ``df`` and fit on all of it."""
-    matrix = build_interaction_matrix(df, user_column=user_column, item_column=item_column)
-    return fit_matrix(matrix, class_name, parameters, quiet=quiet)
+    """Build the implicit matrix from ``df`` and fit on all of it (phases ``matrix``, ``fit``)."""
+    timer = timer or PhaseTimer()
+    with timer.phase("matrix"):
+        matrix = build_interaction_matrix(df, user_column=user_column, item_column=item_column)
+    with timer.phase("fit"):
+        return fit_matrix(matrix, class_name, parameters, quiet=quiet)

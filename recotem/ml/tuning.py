@@ -42,7 +42,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,12 +276,16 @@ class _DeadlinePruner(optuna.pruners.BasePruner):
         base: optuna.pruners.BasePruner,
         singlestep: float | None,
         deadline: float | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self._base = base
         self._singlestep = singlestep
         self._deadline = deadline
+        self._should_stop = should_stop
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if self._should_stop is not None and self._should_stop():
+            return True
         now = time.time()
         if self._deadline is not None and now > self._deadline:
             return True
@@ -306,14 +310,19 @@ def _sampler(seed: int) -> optuna.samplers.BaseSampler:
         )
 
 
-def _pruner(spec: TuningSpec, deadline: float | None) -> optuna.pruners.BasePruner:
+def _pruner(
+    spec: TuningSpec, deadline: float | None, should_stop: Callable[[], bool] | None = None
+) -> optuna.pruners.BasePruner:
     return _DeadlinePruner(
-        optuna.pruners.MedianPruner(n_startup_trials=5), spec.timeout_singlestep, deadline
+        optuna.pruners.MedianPruner(n_startup_trials=5),
+        spec.timeout_singlestep,
+        deadline,
+        should_stop,
     )
 
 
 @contextlib.contextmanager
-def _maybe_quiet(quiet: bool) -> Any:
+def _maybe_quiet(quiet: bool) -> Iterator[None]:
     """irspack/fastprogress draw progress bars on stdout; workers do not want them."""
     if not quiet:
         yield
@@ -425,9 +434,7 @@ class _Objective:
 
 
 def _evaluator(split: SplitData, eval_spec: EvalSpec, spec: TuningSpec) -> Evaluator:
-    return make_evaluator(
-        split.val_truth, offset=split.val_offset, spec=eval_spec
-    )
+    return make_evaluator(split.val_truth, offset=split.val_offset, spec=eval_spec)
 
 
 # ---------------------------------------------------------------------------
@@ -474,7 +481,7 @@ def prepare_study(
             with _maybe_quiet(spec.quiet):
                 rec = recommender_class(class_name)(split.tune_train, **params).learn()
                 metrics = metrics_of(evaluator, rec)
-            value = -metrics[eval_spec.target_metric]
+            value = -metrics[f"{eval_spec.target_metric}@{eval_spec.cutoff}"]
             state = optuna.trial.TrialState.COMPLETE
             user_attrs[ATTR_METRICS] = metrics
         except Exception as exc:  # recorded, never fatal
@@ -522,9 +529,13 @@ def run_study_trials(
     n_trials: int | None = None,
     progress: ProgressCallback | None = None,
     deadline: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run trials on an existing study until the job's total reaches
     ``spec.n_trials`` (counted across all workers and states) or the time is up.
+
+    ``should_stop`` (cheap; asked after every trial and at every validation step of an
+    iterative one) ends the search early: a cancelled or reaped job stops within a step.
 
     Several processes may call this on the same ``storage``/``study_name``;
     the shared trial cap makes N workers finish the budget together rather
@@ -542,10 +553,10 @@ def run_study_trials(
             study_name=study_name,
             storage=storage,
             sampler=_sampler(spec.random_seed),
-            pruner=_pruner(spec, deadline),
+            pruner=_pruner(spec, deadline, should_stop),
         )
     else:
-        study.pruner = _pruner(spec, deadline)
+        study.pruner = _pruner(spec, deadline, should_stop)
     remaining = spec.n_trials - len(study.get_trials(deepcopy=False, states=_COUNTED))
     if n_trials is not None:
         remaining = min(remaining, n_trials)
@@ -556,6 +567,8 @@ def run_study_trials(
     def after_trial(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         if progress is not None:
             progress(_record(frozen))
+        if should_stop is not None and should_stop():
+            st.stop()
 
     timeout = None if deadline is None else max(deadline - time.time(), 0.0)
     if timeout == 0.0:

@@ -1,17 +1,38 @@
 from __future__ import annotations
 
+import secrets
+from typing import TypedDict
+
 from django.conf import settings
 from django.db import models
+
+
+class ColumnNames(TypedDict):
+    """A project's column names, spelled as the keyword arguments of `recotem.ml` readers."""
+
+    user_column: str
+    item_column: str
+    time_column: str | None
+
+
+def new_assignment_salt() -> str:
+    """A fresh random salt for sticky slot assignment (``recotem.lib.assignment``)."""
+    return secrets.token_hex(16)
 
 
 class Project(models.Model):
     """The root of ownership: every other object hangs off exactly one project."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="projects")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="projects"
+    )
     name = models.CharField(max_length=256)
     user_column = models.CharField(max_length=256)
     item_column = models.CharField(max_length=256)
     time_column = models.CharField(max_length=256, blank=True, default="")
+    # Salts the hash that keeps each user on one deployment slot; random per project so that
+    # projects' assignments are independent (changing it reshuffles the users).
+    assignment_salt = models.CharField(max_length=32, default=new_assignment_salt, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -25,7 +46,7 @@ class Project(models.Model):
         return self.name
 
     @property
-    def columns(self) -> dict[str, str | None]:
+    def columns(self) -> ColumnNames:
         return {
             "user_column": self.user_column,
             "item_column": self.item_column,
@@ -33,7 +54,7 @@ class Project(models.Model):
         }
 
 
-def _upload_to(instance: models.Model, filename: str) -> str:
+def _upload_to(instance: TrainingData | ItemMetaData, filename: str) -> str:
     return f"projects/{instance.project_id}/{type(instance).__name__.lower()}/{filename}"
 
 
@@ -49,7 +70,11 @@ class TrainingData(models.Model):
     n_items = models.IntegerField()
     fingerprint = models.CharField(max_length=80, db_index=True)
     data_source = models.ForeignKey(
-        "projects.DataSource", null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots"
+        "projects.DataSource",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="snapshots",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -82,11 +107,21 @@ class DataSource(models.Model):
     class Kind(models.TextChoices):
         SQL = "sql", "SQL query"
         URL = "url", "CSV/Parquet URL"
+        EVENTS = "events", "Feedback events"
 
     project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="data_source")
     kind = models.CharField(max_length=8, choices=Kind.choices)
-    url = models.CharField(max_length=2048, help_text="SQLAlchemy URL or http(s) URL of a file.")
+    url = models.CharField(
+        max_length=2048,
+        blank=True,
+        default="",
+        help_text="SQLAlchemy URL or http(s) URL of a file (empty for events).",
+    )
     query = models.TextField(blank=True, default="")
+    # kind=events: which event types count as interactions (null: every type but impression,
+    # which records what was shown, not what the user did) and how many days back (null: all).
+    event_types = models.JSONField(null=True, blank=True, default=None)
+    window_days = models.PositiveIntegerField(null=True, blank=True)
     last_read_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import ProtectedError, RestrictedError
 
 from recotem.core.exceptions import ApplicationError
 from recotem.core.files import delete_stored, local_upload
-from recotem.ml.data import InteractionDataError, read_interactions, read_table, summarize
+from recotem.ml.datafile import DataLimitExceeded, InteractionDataError
+from recotem.ml.summarize_file import SummaryProcessError, summarize_in_subprocess
+from recotem.projects.limits import DataTooLarge, data_limits
 from recotem.projects.models import ItemMetaData, Project, TrainingData
+
+logger = logging.getLogger(__name__)
+
+_Stored = TypeVar("_Stored", TrainingData, ItemMetaData)
 
 
 class UploadTooLarge(ApplicationError):
@@ -27,28 +36,38 @@ class UploadTooLarge(ApplicationError):
         )
 
 
-def _check_size(upload: UploadedFile) -> None:
+def _check_size(upload: UploadedFile[bytes]) -> None:
     if upload.size is not None and upload.size > settings.RECOTEM_MAX_UPLOAD_MB * 1024 * 1024:
         raise UploadTooLarge(upload.size)
 
 
-def training_data_create(*, project: Project, upload: UploadedFile) -> TrainingData:
+def training_data_create(*, project: Project, upload: UploadedFile[bytes]) -> TrainingData:
     """Validate an uploaded interaction file, then store it and its summary.
 
-    Steps: size check; parse only the project's columns (ids as strings); summarise (rows,
-    users, items, content fingerprint); store the original file through the storage API and
-    create the row in one transaction. On any failure nothing is left behind: the row is
-    rolled back and a stored file is deleted.
+    Steps: size check; parse only the project's columns (ids as strings), stopping with a
+    413 as soon as the data passes RECOTEM_MAX_UNCOMPRESSED_MB or RECOTEM_MAX_ROWS; summarise
+    (rows, users, items, content fingerprint); store the original file through the storage
+    API and create the row in one transaction. On any failure nothing is left behind: the row
+    is rolled back and a stored file is deleted.
+
+    The parse and summary run in a short-lived child process (recotem.ml.summarize_file): a
+    93 MB CSV costs its parser ~700 MB, which a long-lived web process would otherwise keep,
+    and the web process never imports pandas or pyarrow for it.
     """
     _check_size(upload)
     name = os.path.basename(upload.name or "data.csv")
     with local_upload(upload) as path:
         try:
-            df = read_interactions(path, original_name=name, **project.columns)
+            summary = summarize_in_subprocess(
+                path, original_name=name, **project.columns, **data_limits(path, name)
+            )
+        except DataLimitExceeded as exc:
+            raise DataTooLarge(exc) from None
         except InteractionDataError as exc:
             raise ApplicationError(str(exc), field="file") from None
-        summary = summarize(df, **project.columns)
-        del df
+        except SummaryProcessError:
+            logger.exception("parsing upload %r failed", name)
+            raise
         return _store(
             TrainingData,
             path=path,
@@ -65,8 +84,15 @@ def training_data_create(*, project: Project, upload: UploadedFile) -> TrainingD
 def training_data_create_from_frame_file(
     *, project: Project, path: Path, name: str, data_source_id: int | None = None
 ) -> TrainingData:
-    """Store an already-written local file (a data source snapshot) as training data."""
-    df = read_interactions(path, original_name=name, **project.columns)
+    """Store an already-written local file (a data source snapshot) as training data.
+
+    Raises DataLimitExceeded / InteractionDataError like ``read_interactions``.
+    """
+    from recotem.ml.data import read_interactions, summarize  # called in workers: load here
+
+    # Written by Recotem itself (a SQL result, or a download already read once): the
+    # configured limits apply, the inflate ratio (a guard against crafted files) does not.
+    df = read_interactions(path, original_name=name, **project.columns, **data_limits())
     summary = summarize(df, **project.columns)
     return _store(
         TrainingData,
@@ -82,7 +108,9 @@ def training_data_create_from_frame_file(
     )
 
 
-def item_meta_data_create(*, project: Project, upload: UploadedFile) -> ItemMetaData:
+def item_meta_data_create(*, project: Project, upload: UploadedFile[bytes]) -> ItemMetaData:
+    from recotem.ml.data import read_table
+
     _check_size(upload)
     name = os.path.basename(upload.name or "items.csv")
     with local_upload(upload) as path:
@@ -93,7 +121,10 @@ def item_meta_data_create(*, project: Project, upload: UploadedFile) -> ItemMeta
                 string_columns=[project.item_column],
                 original_name=name,
                 all_columns=True,
+                **data_limits(path, name),
             )
+        except DataLimitExceeded as exc:
+            raise DataTooLarge(exc) from None
         except InteractionDataError as exc:
             raise ApplicationError(str(exc), field="file") from None
         return _store(
@@ -107,7 +138,7 @@ def item_meta_data_create(*, project: Project, upload: UploadedFile) -> ItemMeta
         )
 
 
-def _store(model: type, *, path: Path, name: str, **fields: object):  # type: ignore[no-untyped-def]
+def _store(model: type[_Stored], *, path: Path, name: str, **fields: object) -> _Stored:
     """Save the file and the row together; delete the file if the row cannot be committed."""
     instance = model(filesize=path.stat().st_size, **fields)
     with open(path, "rb") as fh:
@@ -123,7 +154,9 @@ def _store(model: type, *, path: Path, name: str, **fields: object):  # type: ig
 
 def project_delete(*, project: Project) -> None:
     """Delete a project, its rows (cascade) and the files they point to."""
-    files = [td.file for td in project.training_data.all()] + [m.file for m in project.item_meta_data.all()]
+    files = [td.file for td in project.training_data.all()] + [
+        m.file for m in project.item_meta_data.all()
+    ]
     files += [tm.file for tm in project.trained_models.all() if tm.file]
     with transaction.atomic():
         project.delete()
@@ -136,3 +169,26 @@ def stored_object_delete(*, instance: TrainingData | ItemMetaData) -> None:
     with transaction.atomic():
         instance.delete()
     delete_stored([file])
+
+
+def snapshots_retain(*, project_id: int, keep: int, protected: set[int]) -> list[int]:
+    """Delete data-source snapshots beyond the newest ``keep``, except the ``protected`` ids and
+    any a trained model still references; their files go too. Uploads are never touched.
+    Returns the deleted ids."""
+    old = TrainingData.objects.filter(project_id=project_id, data_source__isnull=False).order_by(
+        "-id"
+    )[keep:]
+    deleted: list[int] = []
+    for snapshot in old:
+        if snapshot.pk in protected or snapshot.trained_models.exists():
+            continue
+        file = snapshot.file
+        try:
+            with transaction.atomic():
+                snapshot_id = snapshot.pk
+                snapshot.delete()
+        except (ProtectedError, RestrictedError):
+            continue
+        delete_stored([file])
+        deleted.append(snapshot_id)
+    return deleted

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import Max
 from django.utils import timezone
 
 from recotem.lib import cron
-from recotem.retraining.models import RetrainingSchedule
-from recotem.retraining.services import OVERDUE_AFTER
+from recotem.retraining.models import RetrainingRun, RetrainingSchedule
+
+OVERDUE_AFTER = timedelta(minutes=5)
 
 
-def schedule_next_runs(schedule: RetrainingSchedule, n: int = 5, after: datetime | None = None) -> list[datetime]:
+def schedule_next_runs(
+    schedule: RetrainingSchedule, n: int = 5, after: datetime | None = None
+) -> list[datetime]:
     """The next ``n`` fire times in the schedule's timezone; empty when disabled or invalid."""
     if not schedule.is_enabled:
         return []
@@ -52,3 +55,19 @@ def overdue_schedules(*, now: datetime | None = None) -> list[tuple[RetrainingSc
         if fires and now - fires[0] > OVERDUE_AFTER:
             result.append((schedule, fires[0]))
     return result
+
+
+def due_fire(schedule_id: int, now: datetime) -> tuple[datetime | None, float]:
+    """(the instant to fire now or None, seconds until the schedule's next instant)."""
+    schedule = RetrainingSchedule.objects.filter(pk=schedule_id, is_enabled=True).first()
+    if schedule is None:
+        return None, 60.0
+    last = RetrainingRun.objects.filter(schedule_id=schedule_id).aggregate(last=Max("fire_at"))
+    after = max((d for d in (last["last"], schedule.fires_from) if d is not None), default=None)
+    try:
+        fire = cron.latest_run(schedule.cron_expression, schedule.timezone, now=now, after=after)
+        upcoming = cron.next_runs(schedule.cron_expression, schedule.timezone, n=1, after=now)
+    except (cron.CronError, cron.TimezoneError):
+        return None, 60.0  # reconcile disables such a schedule; never crash the caller
+    wait = (upcoming[0] - now).total_seconds() if upcoming else 60.0
+    return fire, max(wait, 0.5)

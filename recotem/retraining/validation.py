@@ -12,21 +12,45 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from recotem.core.validation import MAX_TIMEOUT_SECONDS, Errors
+from recotem.experiments.validation import metric_error
 from recotem.lib import cron
 from recotem.lib.netguard import UrlNotAllowed, check_url_allowed
-from recotem.tuning.validation import MAX_TIMEOUT_SECONDS, N_TRIALS, Errors, validate_algorithms
+from recotem.tuning.validation import N_TRIALS, validate_algorithms
 
 MAX_RETRIES = (0, 20)
 # services.MAX_BACKOFF_SECONDS caps the exponential backoff at the same hour.
 RETRY_BACKOFF_SECONDS = (1, 3600)
 TIME_LIMIT_SECONDS = (60, 7 * 86400)
 TIMEOUT_OVERALL = (1, MAX_TIMEOUT_SECONDS)
+# A canary takes at most half of the target slot's users (more is a replacement, not a canary).
+CANARY_PERCENT = (1, 50)
+CANARY_MINUTES = (1, 30 * 24 * 60)
+DEPLOY_MODES = ("replace", "canary")
 
 # The keyword arguments of `validate_schedule` that are schedule fields.
 FIELDS = (
-    "cron_expression", "timezone", "retune", "model_configuration", "split_config", "evaluation_config",
-    "n_trials", "timeout_overall", "tried_algorithms", "auto_deploy", "deploy_slot", "gate_tolerance",
-    "max_retries", "retry_backoff_seconds", "time_limit_seconds", "webhook_url",
+    "cron_expression",
+    "timezone",
+    "retune",
+    "model_configuration",
+    "split_config",
+    "evaluation_config",
+    "n_trials",
+    "timeout_overall",
+    "tried_algorithms",
+    "auto_deploy",
+    "deploy_slot",
+    "gate_tolerance",
+    "max_data_shrink",
+    "deploy_mode",
+    "canary_percent",
+    "canary_minutes",
+    "canary_metric",
+    "max_retries",
+    "retry_backoff_seconds",
+    "time_limit_seconds",
+    "webhook_url",
 )
 
 
@@ -45,6 +69,11 @@ def validate_schedule(
     auto_deploy: bool,
     deploy_slot: Any,
     gate_tolerance: float,
+    max_data_shrink: float,
+    deploy_mode: str,
+    canary_percent: int,
+    canary_minutes: int,
+    canary_metric: str,
     max_retries: int,
     retry_backoff_seconds: int,
     time_limit_seconds: int,
@@ -70,25 +99,44 @@ def validate_schedule(
 
     errors.int_in("n_trials", n_trials, N_TRIALS)
     errors.int_in("timeout_overall", timeout_overall, TIMEOUT_OVERALL, optional=True)
+    if deploy_mode not in DEPLOY_MODES:
+        errors.add("deploy_mode", "Either 'replace' or 'canary'.")
+    errors.int_in("canary_percent", canary_percent, CANARY_PERCENT)
+    errors.int_in("canary_minutes", canary_minutes, CANARY_MINUTES)
+    if (problem := metric_error(canary_metric)) is not None:
+        errors.add("canary_metric", problem)
     errors.int_in("max_retries", max_retries, MAX_RETRIES)
     errors.int_in("retry_backoff_seconds", retry_backoff_seconds, RETRY_BACKOFF_SECONDS)
     errors.int_in("time_limit_seconds", time_limit_seconds, TIME_LIMIT_SECONDS)
     errors.float_in("gate_tolerance", gate_tolerance, 0.0, 1.0, message="Must be between 0 and 1.")
+    errors.float_in(
+        "max_data_shrink", max_data_shrink, 0.0, 1.0, message="Must be between 0 and 1."
+    )
 
     if retune:
         if split_config is None:
-            errors.add("split_config", "Required when retune is on: choose a split config to retune with.")
+            errors.add(
+                "split_config", "Required when retune is on: choose a split config to retune with."
+            )
         if evaluation_config is None:
-            errors.add("evaluation_config",
-                       "Required when retune is on: choose an evaluation config to retune with.")
+            errors.add(
+                "evaluation_config",
+                "Required when retune is on: choose an evaluation config to retune with.",
+            )
     elif model_configuration is None:
-        errors.add("model_configuration", "Required unless retune is on: choose a model configuration.")
+        errors.add(
+            "model_configuration", "Required unless retune is on: choose a model configuration."
+        )
     if auto_deploy and deploy_slot is None and project is not None:
         active = DeploymentSlot.objects.filter(project=project, is_active=True).count()
         if active > 1:
-            errors.add("deploy_slot", (
-                f"The project has {active} active slots; choose the one auto-deploy should update "
-                "(auto-deploy replaces a slot's model and never adds a slot)."))
+            errors.add(
+                "deploy_slot",
+                (
+                    f"The project has {active} active slots; choose the one auto-deploy should update "
+                    "(auto-deploy replaces a slot's model and never adds a slot)."
+                ),
+            )
 
     url = (webhook_url or "").strip()
     if url:

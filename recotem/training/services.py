@@ -1,188 +1,127 @@
-"""Writes for trained models: create, fit (synchronously, in a worker), sign and load artifacts.
+"""Writes for model configurations and trained models: create, fit (in a worker), load artifacts.
 
-Artifacts are signed with HMAC-SHA256 (format: recotem/ml/artifact.py). The key is derived from
-SECRET_KEY rather than being SECRET_KEY itself, so a leaked artifact key would not let anyone
-forge sessions or JWTs; the key id is a short hash of the derived key, so a model signed under
-an older SECRET_KEY (kept in SECRET_KEY_FALLBACKS during a rotation) still loads.
+A model is fitted synchronously by `trained_model_train` (the `train_model` task calls it); its
+artifact is signed (keys: `recotem.core.artifacts`) and written through the storage API.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models.fields.files import FieldFile
-from django.utils import timezone
+from django.db.models import ProtectedError, RestrictedError
+from django.db.models.functions import Now
 
+from recotem.core import jobs
+from recotem.core.artifacts import signing_keys
 from recotem.core.exceptions import ApplicationError
+from recotem.core.files import delete_stored_name, read_stored
+from recotem.core.jobs import Heartbeat, JobStatus, task_log, transition
+from recotem.core.ownership import check_same_project
 from recotem.ml.artifact import ArtifactError
-from recotem.projects.models import TrainingData
-from recotem.training.heartbeat import Heartbeat
-from recotem.training.models import TaskLog, TrainedModel
-from recotem.tuning.models import JobStatus, ModelConfiguration
+from recotem.ml.timing import PhaseTimer, describe
+from recotem.projects.models import Project, TrainingData
+from recotem.projects.selectors import read_training_data
+from recotem.training.models import ModelConfiguration, TrainedModel
+from recotem.training.outbox import TRAIN_OUTBOX
+from recotem.training.validation import validate_model_configuration
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from recotem.ml.recommend import LoadedModel
-    from recotem.tuning.models import ParameterTuningJob
 
 logger = logging.getLogger(__name__)
-
-_KEY_PURPOSE = b"recotem.artifact.v1"
-
-
-# --- helpers shared with tuning --------------------------------------------------------------
-
-
-def current_task_id() -> str:
-    """The Celery task id when called inside a worker, else "sync" (tests, shell)."""
-    from celery import current_task
-
-    request = getattr(current_task, "request", None)
-    task_id = getattr(request, "id", None) if current_task else None
-    return str(task_id) if task_id else "sync"
-
-
-def task_log(
-    *,
-    project_id: int,
-    contents: str,
-    level: str = "INFO",
-    tuning_job: ParameterTuningJob | None = None,
-    trained_model: TrainedModel | None = None,
-) -> None:
-    """Append one TaskLog row (what the user sees under "logs") and mirror it to the logger."""
-    logger.log(logging.getLevelName(level) if isinstance(level, str) else level, contents)
-    TaskLog.objects.create(
-        project_id=project_id,
-        task=current_task_id(),
-        tuning_job=tuning_job,
-        trained_model=trained_model,
-        level=level,
-        contents=contents,
-    )
-
-
-@contextmanager
-def local_file(field: FieldFile) -> Iterator[Path]:
-    """A local path for a stored file: the file itself on local storage, else a temp copy (S3)."""
-    try:
-        path = field.path
-    except NotImplementedError:
-        path = None
-    if path is not None:
-        yield Path(path)
-        return
-    suffix = "".join(Path(field.name).suffixes)
-    fd, name = tempfile.mkstemp(suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as out, field.open("rb") as src:
-            shutil.copyfileobj(src, out)
-        yield Path(name)
-    finally:
-        os.unlink(name)
-
-
-def read_training_data(data: TrainingData) -> pd.DataFrame:
-    """The interactions of a TrainingData snapshot, with the project's columns."""
-    from recotem.ml.data import read_interactions
-
-    with local_file(data.file) as path:
-        return read_interactions(path, original_name=data.original_name, **data.project.columns)
-
-
-# --- signing keys -----------------------------------------------------------------------------
-
-
-def _derive(secret: str) -> bytes:
-    return hmac.new(secret.encode(), _KEY_PURPOSE, hashlib.sha256).digest()
-
-
-def _key_id(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:16]
-
-
-def artifact_signing_keys() -> tuple[str, dict[str, bytes]]:
-    """(current key id, {key id: key}) derived from SECRET_KEY and SECRET_KEY_FALLBACKS."""
-    current = _derive(settings.SECRET_KEY)
-    keys = {_key_id(current): current}
-    for old in getattr(settings, "SECRET_KEY_FALLBACKS", []) or []:
-        derived = _derive(old)
-        keys.setdefault(_key_id(derived), derived)
-    return _key_id(current), keys
-
 
 # --- create / train ---------------------------------------------------------------------------
 
 
+def model_configuration_create(
+    *,
+    project: Project,
+    name: str,
+    recommender_class_name: str,
+    parameters_json: dict[str, Any],
+    tuning_job_id: int | None = None,
+    rename_on_clash: bool = False,
+) -> ModelConfiguration:
+    """Validate and store a configuration. With ``rename_on_clash`` a taken name gets a suffix
+    (" (2)", " (3)", ...) instead of an error: what a tuning job wants for "… best"."""
+    if rename_on_clash:
+        base, n = name, 1
+        while ModelConfiguration.objects.filter(project=project, name=name).exists():
+            n += 1
+            name = f"{base} ({n})"
+    cleaned = validate_model_configuration(
+        project=project,
+        name=name,
+        recommender_class_name=recommender_class_name,
+        parameters_json=parameters_json,
+    )
+    return ModelConfiguration.objects.create(
+        project=project, name=name, tuning_job_id=tuning_job_id, **cleaned
+    )
+
+
 def trained_model_create(
-    *, configuration: ModelConfiguration, data: TrainingData, enqueue: bool = True
+    *,
+    configuration: ModelConfiguration,
+    data: TrainingData,
+    enqueue: bool = True,
+    test_metrics: dict[str, float] | None = None,
 ) -> TrainedModel:
     """Create a PENDING model; the worker fits it (`recotem.training.tasks.train_model`).
 
-    The task is sent on commit so a worker never looks for a row that is not there yet.
+    ``test_metrics`` already known (a tuning job's honest test score) are kept instead of a
+    fresh holdout. The task is sent on commit so a worker never looks for a row that is not
+    there yet.
     """
-    if configuration.project_id != data.project_id:
-        raise ApplicationError("Must belong to the same project as the configuration.", field="data_loc")
+    check_same_project(configuration.project_id, data_loc=data)
     model = TrainedModel.objects.create(
-        project_id=configuration.project_id, configuration=configuration, data_loc=data
+        project_id=configuration.project_id,
+        configuration=configuration,
+        data_loc=data,
+        test_metrics=test_metrics or {},
+        send_pending=enqueue,
     )
     if enqueue:
-        from recotem.training.tasks import train_model
-
-        model_id = model.pk
-        transaction.on_commit(lambda: train_model.delay(model_id))
+        TRAIN_OUTBOX.send_on_commit(model.pk)
     return model
 
 
-def _holdout_metrics(df: pd.DataFrame, model: TrainedModel) -> dict[str, float]:
-    """Score the configuration on held-out test users (default RG split, ndcg@10 family).
+def _holdout_metrics(df: pd.DataFrame, model: TrainedModel, timer: PhaseTimer) -> dict[str, float]:
+    """Score the configuration on held-out test users of the default split (ndcg@10 family).
 
     Used when nothing better is known (a manual or scheduled training): a model trained by a
-    tuning job already carries the test metrics of the job's own split.
+    tuning job already carries the test metrics of the job's own split. Phases: ``split``, then
+    ``evaluate`` (the fit on the holdout's training part and its scoring).
     """
     from recotem.ml.evaluation import EvalSpec, make_evaluator, metrics_of
     from recotem.ml.matrix import InteractionMatrix
-    from recotem.ml.split import SplitSpec, split_interactions
+    from recotem.ml.split import split_interactions, split_spec_from_config
     from recotem.ml.training import fit_matrix
 
     project = model.project
-    split = split_interactions(
-        df, SplitSpec(scheme="RG", test_user_ratio=0.1, random_seed=42), **project.columns
-    )
+    with timer.phase("split"):
+        split = split_interactions(df, split_spec_from_config(), **project.columns)
     if split.test_train is None or split.test_truth is None:
         return {}
-    fitted = fit_matrix(
-        InteractionMatrix(X=split.test_train, user_ids=split.user_ids, item_ids=split.item_ids),
-        model.configuration.recommender_class_name,
-        model.configuration.parameters_json,
-    )
-    evaluator = make_evaluator(split.test_truth, offset=split.test_offset, spec=EvalSpec())
-    return metrics_of(evaluator, fitted.recommender)
-
-
-def trained_model_heartbeat(*, trained_model_id: int) -> bool:
-    """Touch a RUNNING model's heartbeat; False once it is no longer RUNNING (or gone)."""
-    return bool(
-        TrainedModel.objects.filter(pk=trained_model_id, status=JobStatus.RUNNING).update(
-            heartbeat_at=timezone.now()
+    with timer.phase("evaluate"):
+        fitted = fit_matrix(
+            InteractionMatrix(X=split.test_train, user_ids=split.user_ids, item_ids=split.item_ids),
+            model.class_name,
+            model.parameters,
         )
-    )
+        evaluator = make_evaluator(split.test_truth, offset=split.test_offset, spec=EvalSpec())
+        return metrics_of(evaluator, fitted.recommender)
 
 
 def trained_model_train(*, trained_model_id: int) -> TrainedModel:
@@ -197,23 +136,38 @@ def trained_model_train(*, trained_model_id: int) -> TrainedModel:
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
-    now = timezone.now()
-    claimed = TrainedModel.objects.filter(pk=trained_model_id, status=JobStatus.PENDING).update(
-        status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, error=""
+    claimed = transition(
+        TrainedModel,
+        trained_model_id,
+        expected=JobStatus.PENDING,
+        status=JobStatus.RUNNING,
+        started_at=Now(),
+        heartbeat_at=Now(),
+        error="",
     )
     model = TrainedModel.objects.select_related("configuration", "data_loc", "project").get(
         pk=trained_model_id
     )
-    if claimed != 1:
+    if not claimed:
         return model
-    task_log(project_id=model.project_id, trained_model=model,
-             contents=f"Training {model.configuration.recommender_class_name} on data #{model.data_loc_id}.")
-    touch = lambda: trained_model_heartbeat(trained_model_id=trained_model_id)  # noqa: E731
+    # What this model is, fixed now: the configuration may be edited in place later.
+    model.class_name = model.configuration.recommender_class_name
+    model.parameters = dict(model.configuration.parameters_json or {})
+    TrainedModel.objects.filter(pk=model.pk).update(
+        class_name=model.class_name, parameters=model.parameters
+    )
+    task_log(
+        project_id=model.project_id,
+        trained_model_id=model.pk,
+        contents=f"Training {model.class_name} {model.parameters} on data #{model.data_loc_id}.",
+    )
     try:
-        with Heartbeat(touch, name=f"model-{trained_model_id}"):
+        with Heartbeat.of_row(TrainedModel, trained_model_id, name=f"model-{trained_model_id}"):
             _train(model)
     except SoftTimeLimitExceeded:
-        _fail_model(model, "time limit: the task's time limit was reached during training.", tb=False)
+        _fail_model(
+            model, "time limit: the task's time limit was reached during training.", tb=False
+        )
         raise
     except Exception as exc:  # recorded on the row: the user must see why, the worker goes on
         logger.exception("training model %s failed", model.pk)
@@ -225,58 +179,119 @@ def trained_model_train(*, trained_model_id: int) -> TrainedModel:
     return model
 
 
-def _fail_model(model: TrainedModel, message: str, *, tb: bool) -> None:
-    updated = TrainedModel.objects.filter(pk=model.pk, status=JobStatus.RUNNING).update(
-        status=JobStatus.FAILED, error=message, completed_at=timezone.now()
-    )
-    if updated:
+def trained_model_fail(*, trained_model_id: int, message: str) -> bool:
+    """RUNNING → FAILED with ``message`` (a dead or over-time run's model); False if it had ended."""
+    model = TrainedModel.objects.filter(pk=trained_model_id).only("pk", "project_id").first()
+    if model is None:
+        return False
+    return _fail_model(model, message, tb=False)
+
+
+def trained_models_reap(*, now: datetime, stale_after: timedelta) -> int:
+    """RUNNING models without a heartbeat for ``stale_after`` → FAILED "worker lost"; the count."""
+    failed = jobs.reap_stale(TrainedModel, now=now, stale_after=stale_after)
+    for pk, project_id, message in failed:
+        task_log(
+            project_id=project_id,
+            trained_model_id=pk,
+            level="ERROR",
+            contents=f"TrainedModel #{pk}: {message}",
+        )
+    return len(failed)
+
+
+def _fail_model(model: TrainedModel, message: str, *, tb: bool) -> bool:
+    if transition(
+        TrainedModel,
+        model.pk,
+        expected=JobStatus.RUNNING,
+        status=JobStatus.FAILED,
+        error=message,
+        completed_at=Now(),
+    ):
         detail = f"\n{traceback.format_exc(limit=5)}" if tb else ""
-        task_log(project_id=model.project_id, trained_model=model, level="ERROR",
-                 contents=f"Training failed: {message}{detail}")
+        task_log(
+            project_id=model.project_id,
+            trained_model_id=model.pk,
+            level="ERROR",
+            contents=f"Training failed: {message}{detail}",
+        )
+        return True
+    return False
 
 
 def _train(model: TrainedModel) -> None:
+    """Read, fit on all interactions, save; then, if no metrics came with the model, evaluate.
+
+    The holdout evaluation is a second fit of the same size, so it runs *after* the model is
+    COMPLETED: the model is servable (and deployable) as soon as its own fit is stored, and its
+    ``test_metrics`` follow when the holdout is scored (the call returns after both). Timings of
+    every phase are stored on the row and logged.
+    """
     from recotem.ml.artifact import dump_artifact
     from recotem.ml.data import fingerprint
     from recotem.ml.training import train_model
 
     project = model.project
-    df = read_training_data(model.data_loc)
-    columns = [c for c in project.columns.values() if c]
-    data_fingerprint = model.data_loc.fingerprint or fingerprint(df, columns)
+    timer = PhaseTimer()
+    with timer.phase("read"):
+        df = read_training_data(model.data_loc)
+        columns = [c for c in (project.user_column, project.item_column, project.time_column) if c]
+        data_fingerprint = model.data_loc.fingerprint or fingerprint(df, columns)
     test_metrics = dict(model.test_metrics or {})
-    if not test_metrics:
-        try:
-            test_metrics = _holdout_metrics(df, model)
-        except ValueError as exc:  # too little data for a holdout: train anyway, say why
-            task_log(project_id=project.pk, trained_model=model, level="WARNING",
-                     contents=f"No holdout evaluation: {exc}")
     start = time.perf_counter()
     fitted = train_model(
         df,
-        model.configuration.recommender_class_name,
-        model.configuration.parameters_json,
+        model.class_name,
+        model.parameters,
         user_column=project.user_column,
         item_column=project.item_column,
+        timer=timer,
     )
+    with timer.phase("save"):
+        key_id, keys = signing_keys()
+        payload = dump_artifact(
+            fitted,
+            key=keys[key_id],
+            key_id=key_id,
+            fingerprint=data_fingerprint,
+            metrics=test_metrics,
+        )
+        training_time = time.perf_counter() - start
+        stored = _store_artifact(
+            model,
+            payload,
+            test_metrics=test_metrics,
+            irspack_version=fitted.irspack_version,
+            training_time=training_time,
+            data_fingerprint=data_fingerprint,
+        )
+    size = len(payload)
+    del fitted, payload
+    if not stored:
+        return
+    TrainedModel.objects.filter(pk=model.pk).update(timings=timer.as_dict())
+    if not test_metrics:
+        try:
+            test_metrics = _holdout_metrics(df, model, timer)
+        except ValueError as exc:  # too little data for a holdout: the model stands, say why
+            task_log(
+                project_id=project.pk,
+                trained_model_id=model.pk,
+                level="WARNING",
+                contents=f"No holdout evaluation: {exc}",
+            )
+        # Only a model still COMPLETED (not deleted meanwhile) takes its metrics.
+        TrainedModel.objects.filter(pk=model.pk, status=JobStatus.COMPLETED).update(
+            test_metrics=test_metrics, timings=timer.as_dict()
+        )
     del df
-    key_id, keys = artifact_signing_keys()
-    payload = dump_artifact(
-        fitted, key=keys[key_id], key_id=key_id, fingerprint=data_fingerprint, metrics=test_metrics
+    task_log(
+        project_id=project.pk,
+        trained_model_id=model.pk,
+        contents=f"Trained in {training_time:.2f} s; artifact {size} bytes; "
+        f"test metrics {test_metrics}. Timings: {describe(timer.as_dict())}.",
     )
-    training_time = time.perf_counter() - start
-    stored = _store_artifact(
-        model,
-        payload,
-        test_metrics=test_metrics,
-        irspack_version=fitted.irspack_version,
-        training_time=training_time,
-        data_fingerprint=data_fingerprint,
-    )
-    if stored:
-        task_log(project_id=project.pk, trained_model=model,
-                 contents=f"Trained in {training_time:.2f} s; artifact {len(payload)} bytes; "
-                          f"test metrics {test_metrics}.")
 
 
 def _store_artifact(model: TrainedModel, payload: bytes, **fields: Any) -> bool:
@@ -286,16 +301,21 @@ def _store_artifact(model: TrainedModel, payload: bytes, **fields: Any) -> bool:
     file: it is deleted again instead of being left orphaned in storage.
     """
     model.file.save(f"model-{model.pk}.rctm", ContentFile(payload), save=False)
-    updated = TrainedModel.objects.filter(pk=model.pk, status=JobStatus.RUNNING).update(
+    if not transition(
+        TrainedModel,
+        model.pk,
+        expected=JobStatus.RUNNING,
         status=JobStatus.COMPLETED,
         file=model.file.name,
         filesize=len(payload),
-        completed_at=timezone.now(),
+        completed_at=Now(),
         error="",
         **fields,
-    )
-    if updated != 1:
-        logger.warning("model %s was deleted or ended during training; discarding its artifact", model.pk)
+    ):
+        logger.warning(
+            "model %s was deleted or ended during training; discarding its artifact", model.pk
+        )
+        assert model.file.name is not None  # the save above named it
         model.file.storage.delete(model.file.name)
         model.file.name = ""
         return False
@@ -309,7 +329,7 @@ def trained_model_delete(*, trained_model: TrainedModel) -> None:
     trained_model.delete()
     _cache_forget(trained_model.pk)
     if name:
-        storage.delete(name)
+        delete_stored_name(storage, name)
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -348,20 +368,26 @@ def load_trained_model(trained_model: TrainedModel) -> LoadedModel:
             f"Model #{trained_model.pk} is {trained_model.status}, not COMPLETED; it has no artifact yet.",
             field="status",
         )
-    cache_key = (int(trained_model.pk), str(trained_model.file.name), trained_model.filesize,
-                 trained_model.completed_at)
+    cache_key = (
+        int(trained_model.pk),
+        str(trained_model.file.name),
+        trained_model.filesize,
+        trained_model.completed_at,
+    )
     with _cache_lock:
         if cache_key in _cache:
             _cache.move_to_end(cache_key)
             return _cache[cache_key]
-    with trained_model.file.open("rb") as fh:
-        payload = fh.read()
-    _, keys = artifact_signing_keys()
+    # Through this machine's cache on S3; the bytes are verified below, cached or not.
+    payload = read_stored(str(trained_model.file.name), trained_model.file.storage)
+    _, keys = signing_keys()
     try:
         loaded = load_artifact(payload, keys=keys)
     except ArtifactError as exc:
         # Never serve (or unpickle) a model whose bytes we cannot prove are ours.
-        raise ArtifactRefused(f"The stored artifact of model #{trained_model.pk} was refused: {exc}") from exc
+        raise ArtifactRefused(
+            f"The stored artifact of model #{trained_model.pk} was refused: {exc}"
+        ) from exc
     with _cache_lock:
         _cache[cache_key] = loaded
         while len(_cache) > _CACHE_SIZE:
@@ -369,7 +395,9 @@ def load_trained_model(trained_model: TrainedModel) -> LoadedModel:
     return loaded
 
 
-def sample_recommendation(*, trained_model: TrainedModel, user_id: str, cutoff: int) -> dict[str, Any]:
+def sample_recommendation(
+    *, trained_model: TrainedModel, user_id: str, cutoff: int
+) -> dict[str, Any]:
     """Top-`cutoff` items for a known user, excluding items the user already interacted with."""
     loaded = load_trained_model(trained_model)
     try:
@@ -381,3 +409,76 @@ def sample_recommendation(*, trained_model: TrainedModel, user_id: str, cutoff: 
             status=404,
         ) from None
     return {"user_id": user_id, "items": [{"item_id": i, "score": float(s)} for i, s in items]}
+
+
+def models_retain(*, project_id: int, keep: int, protected: set[int]) -> list[int]:
+    """Delete finished models beyond the newest ``keep``, except the ``protected`` ids.
+
+    The caller knows what must stay (what slots serve and can roll back to). Running or pending
+    models are never touched; a model still referenced elsewhere (RESTRICT) is skipped. Returns
+    the deleted ids; their artifacts go too.
+    """
+    finished = TrainedModel.objects.filter(
+        project_id=project_id, status__in=[JobStatus.COMPLETED, JobStatus.FAILED]
+    ).order_by("-id")
+    deleted: list[int] = []
+    for model in finished[keep:]:
+        if model.pk in protected:
+            continue
+        model_id = model.pk
+        try:
+            with transaction.atomic():
+                trained_model_delete(trained_model=model)
+        except (ProtectedError, RestrictedError):
+            continue
+        except OSError:
+            logger.warning("could not delete the artifact of model %s", model_id)
+        deleted.append(model_id)
+    return deleted
+
+
+@dataclass(frozen=True)
+class ResignReport:
+    resigned: int
+    current: int
+    failed: list[tuple[int, str]]
+
+
+def trained_models_resign() -> ResignReport:
+    """Re-sign every stored artifact with the current SECRET_KEY's artifact key.
+
+    For each model with a file: verify it under the current key and the fallbacks
+    (RECOTEM_SECRET_KEY_FALLBACKS), write the re-signed bytes as a new file, point the row at
+    it, then delete the old file; artifacts already under the current key are left alone.
+    The payload is copied, never unpickled. After this, the old key can leave the fallbacks
+    as far as models are concerned. Failures (a missing file, a signature no key verifies)
+    are reported per model and leave that model as it was.
+    """
+    from recotem.ml.artifact import read_key_id, resign_artifact
+
+    key_id, keys = signing_keys()
+    resigned = current = 0
+    failed: list[tuple[int, str]] = []
+    for model in TrainedModel.objects.exclude(file="").exclude(file__isnull=True).order_by("pk"):
+        try:
+            with model.file.open("rb") as fh:
+                data = fh.read()
+            if read_key_id(data) == key_id:
+                current += 1
+                continue
+            fresh = resign_artifact(data, keys=keys, key=keys[key_id], key_id=key_id)
+        except (ArtifactError, OSError) as exc:
+            failed.append((model.pk, str(exc)))
+            continue
+        old_name = str(model.file.name)
+        storage = model.file.storage
+        new_name = storage.save(f"model-{model.pk}.rctm", ContentFile(fresh))
+        updated = TrainedModel.objects.filter(pk=model.pk, file=old_name).update(file=new_name)
+        if updated:
+            delete_stored_name(storage, old_name)
+            _cache_forget(model.pk)
+            resigned += 1
+        else:  # the row changed meanwhile (deleted, retrained): keep its file, drop ours
+            storage.delete(new_name)
+            failed.append((model.pk, "the model changed while it was being re-signed"))
+    return ResignReport(resigned=resigned, current=current, failed=failed)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from recotem.training import services
+from recotem.training.outbox import TRAIN_TASK
 
-@shared_task(name="recotem.training.tasks.train_model", acks_late=True)
+
+@shared_task(name=TRAIN_TASK, acks_late=True)
 def train_model(trained_model_id: int) -> str:
-    from recotem.training import services
-
     return services.trained_model_train(trained_model_id=trained_model_id).status

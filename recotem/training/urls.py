@@ -6,5 +6,7 @@ from recotem.training import api
 
 router = DefaultRouter()
 router.register("trained_model", api.TrainedModelViewSet, basename="trained_model")
-router.register("task_log", api.TaskLogViewSet, basename="task_log")
+router.register(
+    "model_configuration", api.ModelConfigurationViewSet, basename="model_configuration"
+)
 urlpatterns = router.urls

@@ -1,20 +1,27 @@
-"""REST resources: split_config, evaluation_config, model_configuration, parameter_tuning_job."""
+"""REST resources: split_config, evaluation_config, parameter_tuning_job."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from recotem.core.api import OwnedModelViewSet, OwnedPrimaryKeyRelatedField, SameProjectMixin
+from recotem.core.api import (
+    OwnedModelViewSet,
+    OwnedPrimaryKeyRelatedField,
+    SameProjectMixin,
+    current_value,
+)
 from recotem.projects.models import Project, TrainingData
+from recotem.training.models import ModelConfiguration
 from recotem.tuning import services, validation
 from recotem.tuning.models import (
+    SPLIT_SETTINGS,
     EvaluationConfig,
-    ModelConfiguration,
     ParameterTuningJob,
     SplitConfig,
     TuningTrial,
@@ -25,45 +32,63 @@ def _project_field() -> OwnedPrimaryKeyRelatedField:
     return OwnedPrimaryKeyRelatedField(queryset=Project.objects.all(), project_path="")
 
 
-def _current(serializer: serializers.ModelSerializer, attrs: dict[str, Any], field: str) -> Any:
-    """The value a write will leave: the request's, else the instance's, else the model default."""
-    if field in attrs:
-        return attrs[field]
-    if serializer.instance is not None:
-        return getattr(serializer.instance, field)
-    return serializer.Meta.model._meta.get_field(field).get_default()
-
-
-class SplitConfigSerializer(serializers.ModelSerializer):
+class SplitConfigSerializer(serializers.ModelSerializer[SplitConfig]):
     project = _project_field()
     heldout_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    n_heldout = serializers.IntegerField(required=False, allow_null=True, min_value=validation.SPLIT_N_HELDOUT[0],
-                                         max_value=validation.SPLIT_N_HELDOUT[1])
+    n_heldout = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=validation.SPLIT_N_HELDOUT[0],
+        max_value=validation.SPLIT_N_HELDOUT[1],
+    )
     test_user_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    n_test_users = serializers.IntegerField(required=False, allow_null=True,
-                                            min_value=validation.SPLIT_N_TEST_USERS[0],
-                                            max_value=validation.SPLIT_N_TEST_USERS[1])
-    random_seed = serializers.IntegerField(required=False, min_value=validation.RANDOM_SEED[0],
-                                           max_value=validation.RANDOM_SEED[1])
+    final_test_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    n_test_users = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=validation.SPLIT_N_TEST_USERS[0],
+        max_value=validation.SPLIT_N_TEST_USERS[1],
+    )
+    n_final_test_users = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=validation.SPLIT_N_FINAL_TEST_USERS[0],
+        max_value=validation.SPLIT_N_FINAL_TEST_USERS[1],
+    )
+    random_seed = serializers.IntegerField(
+        required=False, min_value=validation.RANDOM_SEED[0], max_value=validation.RANDOM_SEED[1]
+    )
 
     class Meta:
         model = SplitConfig
-        fields = ["id", "project", "name", "scheme", "heldout_ratio", "n_heldout", "test_user_ratio",
-                  "n_test_users", "random_seed", "created_at"]
+        fields = [
+            "id",
+            "project",
+            "name",
+            "scheme",
+            "heldout_ratio",
+            "n_heldout",
+            "test_user_ratio",
+            "n_test_users",
+            "final_test_ratio",
+            "n_final_test_users",
+            "random_seed",
+            "created_at",
+        ]
         read_only_fields = ["id", "created_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        validation.validate_split_config(**{
-            f: _current(self, attrs, f)
-            for f in ("project", "scheme", "heldout_ratio", "n_heldout", "test_user_ratio", "n_test_users",
-                      "random_seed")
-        })
+        validation.validate_split_config(
+            **{f: current_value(self, attrs, f) for f in ("project", *SPLIT_SETTINGS)}
+        )
         return attrs
 
 
-class EvaluationConfigSerializer(serializers.ModelSerializer):
+class EvaluationConfigSerializer(serializers.ModelSerializer[EvaluationConfig]):
     project = _project_field()
-    cutoff = serializers.IntegerField(required=False, min_value=validation.CUTOFF[0], max_value=validation.CUTOFF[1])
+    cutoff = serializers.IntegerField(
+        required=False, min_value=validation.CUTOFF[0], max_value=validation.CUTOFF[1]
+    )
 
     class Meta:
         model = EvaluationConfig
@@ -71,113 +96,137 @@ class EvaluationConfigSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        validation.validate_evaluation_config(cutoff=_current(self, attrs, "cutoff"))
+        validation.validate_evaluation_config(cutoff=current_value(self, attrs, "cutoff"))
         return attrs
 
 
-class ModelConfigurationSerializer(serializers.ModelSerializer):
-    project = _project_field()
-    parameters_json = serializers.JSONField(required=False)
-
-    class Meta:
-        model = ModelConfiguration
-        fields = ["id", "project", "name", "recommender_class_name", "parameters_json", "tuning_job",
-                  "created_at"]
-        read_only_fields = ["id", "tuning_job", "created_at"]
-        validators: list[Any] = []  # the (project, name) clash gets its own message in validation
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        attrs.update(validation.validate_model_configuration(
-            project=_current(self, attrs, "project"),
-            name=_current(self, attrs, "name"),
-            recommender_class_name=_current(self, attrs, "recommender_class_name"),
-            parameters_json=_current(self, attrs, "parameters_json"),
-            instance=self.instance,
-        ))
-        return attrs
-
-
-class SplitConfigViewSet(OwnedModelViewSet):
+class SplitConfigViewSet(OwnedModelViewSet[SplitConfig]):
     queryset = SplitConfig.objects.select_related("project")
     serializer_class = SplitConfigSerializer
 
 
-class EvaluationConfigViewSet(OwnedModelViewSet):
+class EvaluationConfigViewSet(OwnedModelViewSet[EvaluationConfig]):
     queryset = EvaluationConfig.objects.select_related("project")
     serializer_class = EvaluationConfigSerializer
-
-
-class ModelConfigurationViewSet(OwnedModelViewSet):
-    queryset = ModelConfiguration.objects.select_related("project")
-    serializer_class = ModelConfigurationSerializer
-    filterset_fields = ("project", "tuning_job", "recommender_class_name")
-
-    @action(detail=False, methods=["get"])
-    def recommenders(self, request: Request) -> Response:
-        """The irspack recommender classes installed here (valid `recommender_class_name`s)."""
-        from recotem.ml.registry import available_recommenders
-
-        return Response({"recommenders": available_recommenders()})
 
 
 # --- tuning jobs ------------------------------------------------------------------------------
 
 
-class TuningTrialSerializer(serializers.ModelSerializer):
+class TuningTrialSerializer(serializers.ModelSerializer[TuningTrial]):
     class Meta:
         model = TuningTrial
         fields = ["number", "algorithm", "params", "score", "duration", "state", "created_at"]
 
 
-class ParameterTuningJobSerializer(SameProjectMixin, serializers.ModelSerializer):
+class ParameterTuningJobSerializer(
+    SameProjectMixin, serializers.ModelSerializer[ParameterTuningJob]
+):
     same_project_fields = ("data", "split", "evaluation", "warm_start_config")
 
-    project = OwnedPrimaryKeyRelatedField(queryset=Project.objects.all(), project_path="", required=False)
-    data = OwnedPrimaryKeyRelatedField(queryset=TrainingData.objects.all())
+    project = OwnedPrimaryKeyRelatedField(
+        queryset=Project.objects.all(), project_path="", required=False
+    )
+    # DRF's metaclass moves declared fields out of the class, so this never shadows `.data`.
+    data = OwnedPrimaryKeyRelatedField(queryset=TrainingData.objects.all())  # type: ignore[assignment]
     split = OwnedPrimaryKeyRelatedField(queryset=SplitConfig.objects.all())
     evaluation = OwnedPrimaryKeyRelatedField(queryset=EvaluationConfig.objects.all())
     warm_start_config = OwnedPrimaryKeyRelatedField(
         queryset=ModelConfiguration.objects.all(), required=False, allow_null=True
     )
-    n_trials = serializers.IntegerField(required=False, min_value=validation.N_TRIALS[0],
-                                        max_value=validation.N_TRIALS[1])
-    n_tasks_parallel = serializers.IntegerField(required=False, min_value=validation.N_TASKS_PARALLEL[0],
-                                                max_value=min(validation.N_TASKS_PARALLEL[1],
-                                                              services.MAX_TASKS_PARALLEL))
-    timeout_overall = serializers.IntegerField(required=False, allow_null=True, min_value=validation.TIMEOUT[0],
-                                               max_value=validation.TIMEOUT[1])
-    timeout_singlestep = serializers.IntegerField(required=False, allow_null=True,
-                                                  min_value=validation.TIMEOUT[0], max_value=validation.TIMEOUT[1])
-    random_seed = serializers.IntegerField(required=False, min_value=validation.RANDOM_SEED[0],
-                                           max_value=validation.RANDOM_SEED[1])
+    n_trials = serializers.IntegerField(
+        required=False, min_value=validation.N_TRIALS[0], max_value=validation.N_TRIALS[1]
+    )
+    n_tasks_parallel = serializers.IntegerField(
+        required=False,
+        min_value=validation.N_TASKS_PARALLEL[0],
+        max_value=validation.N_TASKS_PARALLEL[1],
+    )
+    timeout_overall = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=validation.TIMEOUT[0],
+        max_value=validation.TIMEOUT[1],
+    )
+    timeout_singlestep = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=validation.TIMEOUT[0],
+        max_value=validation.TIMEOUT[1],
+    )
+    random_seed = serializers.IntegerField(
+        required=False, min_value=validation.RANDOM_SEED[0], max_value=validation.RANDOM_SEED[1]
+    )
     tried_algorithms = serializers.ListField(child=serializers.CharField(), required=False)
     progress = serializers.SerializerMethodField()
 
     class Meta:
         model = ParameterTuningJob
         fields = [
-            "id", "project", "data", "split", "evaluation", "n_trials", "n_tasks_parallel",
-            "timeout_overall", "timeout_singlestep", "random_seed", "tried_algorithms",
-            "train_after_tuning", "warm_start_config", "status", "best_config", "best_score",
-            "test_metrics", "tuned_model", "trials_done", "progress", "error", "started_at",
-            "completed_at", "created_at",
+            "id",
+            "project",
+            "data",
+            "split",
+            "evaluation",
+            "n_trials",
+            "n_tasks_parallel",
+            "timeout_overall",
+            "timeout_singlestep",
+            "random_seed",
+            "tried_algorithms",
+            "train_after_tuning",
+            "warm_start_config",
+            "status",
+            "best_config",
+            "best_score",
+            "test_metrics",
+            "timings",
+            "tuned_model",
+            "trials_done",
+            "progress",
+            "error",
+            "started_at",
+            "completed_at",
+            "created_at",
         ]
         read_only_fields = [
-            "id", "status", "best_config", "best_score", "test_metrics", "tuned_model",
-            "trials_done", "error", "started_at", "completed_at", "created_at",
+            "id",
+            "status",
+            "best_config",
+            "best_score",
+            "test_metrics",
+            "timings",
+            "tuned_model",
+            "trials_done",
+            "error",
+            "started_at",
+            "completed_at",
+            "created_at",
         ]
 
     def get_progress(self, job: ParameterTuningJob) -> dict[str, Any]:
-        return {"trials_done": job.trials_done, "trials_total": job.n_trials, "best_score": job.best_score}
+        return {
+            "trials_done": job.trials_done,
+            "trials_total": job.n_trials,
+            "best_score": job.best_score,
+        }
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if "project" not in attrs and attrs.get("data") is not None:
             attrs["project"] = attrs["data"].project
-        cleaned = validation.validate_tuning_job(**{
-            f: _current(self, attrs, f)
-            for f in ("n_trials", "n_tasks_parallel", "timeout_overall", "timeout_singlestep", "random_seed",
-                      "tried_algorithms")
-        })
+        cleaned = validation.validate_tuning_job(
+            **{
+                f: current_value(self, attrs, f)
+                for f in (
+                    "n_trials",
+                    "n_tasks_parallel",
+                    "timeout_overall",
+                    "timeout_singlestep",
+                    "random_seed",
+                    "tried_algorithms",
+                )
+            }
+        )
         if attrs.get("tried_algorithms"):
             attrs["tried_algorithms"] = cleaned["tried_algorithms"]
         return super().validate(attrs)
@@ -190,19 +239,19 @@ class ParameterTuningJobDetailSerializer(ParameterTuningJobSerializer):
         fields = [*ParameterTuningJobSerializer.Meta.fields, "trials"]
 
 
-class ParameterTuningJobViewSet(OwnedModelViewSet):
+class ParameterTuningJobViewSet(OwnedModelViewSet[ParameterTuningJob]):
     queryset = ParameterTuningJob.objects.select_related("project")
     serializer_class = ParameterTuningJobSerializer
     filterset_fields = ("project", "status", "data")
     http_method_names = ["get", "post", "delete", "head", "options"]
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> QuerySet[ParameterTuningJob]:
         queryset = super().get_queryset()
         if self.action == "retrieve":
             queryset = queryset.prefetch_related("trials")
         return queryset
 
-    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[ParameterTuningJob]]:
         if self.action == "retrieve":
             return ParameterTuningJobDetailSerializer
         return ParameterTuningJobSerializer

@@ -7,6 +7,7 @@ from recotem.tuning import api
 router = DefaultRouter()
 router.register("split_config", api.SplitConfigViewSet, basename="split_config")
 router.register("evaluation_config", api.EvaluationConfigViewSet, basename="evaluation_config")
-router.register("model_configuration", api.ModelConfigurationViewSet, basename="model_configuration")
-router.register("parameter_tuning_job", api.ParameterTuningJobViewSet, basename="parameter_tuning_job")
+router.register(
+    "parameter_tuning_job", api.ParameterTuningJobViewSet, basename="parameter_tuning_job"
+)
 urlpatterns = router.urls

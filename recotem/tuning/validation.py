@@ -1,65 +1,45 @@
-"""Validation rules of the tuning resources, shared by the REST serializers and the web forms.
+"""Validation rules of the tuning resources: split and evaluation configs, tuning jobs.
 
-Each function raises `django.core.exceptions.ValidationError({field: [message, ...]})`; the API
-exception handler turns that into a 400 of the same shape and the forms attach it to their fields.
-Bounds exist so that absurd numbers are refused here instead of overflowing a database integer
-(or a NumPy array size) later.
+Called by the REST serializers and the web forms (early, field by field) and by the services
+(authoritatively, whatever door a write came through). Each function raises
+`django.core.exceptions.ValidationError({field: [message, ...]})`. Bounds exist so that absurd
+numbers are refused here instead of overflowing a database integer (or a NumPy array) later;
+each is declared once, here, and the serializers' `min_value`/`max_value` reference it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from django.core.exceptions import ValidationError
 
-INT32_MAX = 2**31 - 1
-MAX_TIMEOUT_SECONDS = 30 * 86400
+from recotem.core.exceptions import InvalidInput
+from recotem.core.validation import MAX_TIMEOUT_SECONDS, RANDOM_SEED, Errors
 
-# (min, max) of every integer field, inclusive. The serializers declare the same bounds so that a
-# too-large JSON number is refused before anything else looks at it.
 SPLIT_N_HELDOUT = (1, 1_000_000)
 SPLIT_N_TEST_USERS = (1, 100_000_000)
-RANDOM_SEED = (0, INT32_MAX)
+SPLIT_N_FINAL_TEST_USERS = (0, 100_000_000)
 CUTOFF = (1, 1000)
 N_TRIALS = (1, 10_000)
-N_TASKS_PARALLEL = (1, 64)
+# More parallel trial tasks than this on one study only queue behind each other.
+N_TASKS_PARALLEL = (1, 16)
 TIMEOUT = (1, MAX_TIMEOUT_SECONDS)
 
-
-class Errors:
-    """Collects field errors so a form shows every problem at once, not one per submit."""
-
-    def __init__(self) -> None:
-        self.errors: dict[str, list[str]] = {}
-
-    def add(self, field: str, message: str) -> None:
-        self.errors.setdefault(field, []).append(message)
-
-    def has(self, field: str) -> bool:
-        return field in self.errors
-
-    def int_in(self, field: str, value: Any, bounds: tuple[int, int], *, optional: bool = False) -> None:
-        if value is None:
-            if not optional:
-                self.add(field, "This field is required.")
-            return
-        low, high = bounds
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.add(field, f"Must be a whole number between {low} and {high}.")
-
-    def float_in(self, field: str, value: Any, low: float, high: float, *, open_low: bool = False,
-                 open_high: bool = False, message: str | None = None) -> None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok:
-            ok = (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-        if not ok:
-            left, right = "(" if open_low else "[", ")" if open_high else "]"
-            self.add(field, message or f"Must be a number in {left}{low}, {high}{right}.")
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise ValidationError(self.errors)
+__all__ = [
+    "CUTOFF",
+    "MAX_TIMEOUT_SECONDS",
+    "N_TASKS_PARALLEL",
+    "N_TRIALS",
+    "RANDOM_SEED",
+    "SPLIT_N_FINAL_TEST_USERS",
+    "SPLIT_N_HELDOUT",
+    "SPLIT_N_TEST_USERS",
+    "TIMEOUT",
+    "validate_algorithms",
+    "validate_evaluation_config",
+    "validate_split_config",
+    "validate_tuning_job",
+]
 
 
 def validate_split_config(
@@ -70,32 +50,68 @@ def validate_split_config(
     n_heldout: int | None,
     test_user_ratio: float,
     n_test_users: int | None,
+    final_test_ratio: float,
+    n_final_test_users: int | None,
     random_seed: int,
 ) -> None:
     """Ranges, the engine's own SplitSpec check, and "TG/TU need the project's time column"."""
-    from recotem.tuning.models import SplitConfig
-    from recotem.tuning.services import split_spec_of
+    from recotem.ml.split import split_spec_from_config
 
     errors = Errors()
-    errors.float_in("heldout_ratio", heldout_ratio, 0.0, 1.0, open_low=True, open_high=True,
-                    message="Must be strictly between 0 and 1.")
-    errors.float_in("test_user_ratio", test_user_ratio, 0.0, 0.5, open_low=True, message=(
-        "Must be above 0 and at most 0.5: this share of users is used for validation "
-        "and the same share for the final test."))
+    errors.float_in(
+        "heldout_ratio",
+        heldout_ratio,
+        0.0,
+        1.0,
+        open_low=True,
+        open_high=True,
+        message="Must be strictly between 0 and 1.",
+    )
+    errors.float_in(
+        "test_user_ratio",
+        test_user_ratio,
+        0.0,
+        1.0,
+        open_low=True,
+        message=(
+            "Must be above 0 and at most 1: the share of users (apart from the final test "
+            "users) whose held-out items score the search; 1 uses every user."
+        ),
+    )
+    errors.float_in(
+        "final_test_ratio",
+        final_test_ratio,
+        0.0,
+        1.0,
+        open_high=True,
+        message="Must be at least 0 and below 1: the share of users kept out for the final test.",
+    )
     errors.int_in("n_heldout", n_heldout, SPLIT_N_HELDOUT, optional=True)
     errors.int_in("n_test_users", n_test_users, SPLIT_N_TEST_USERS, optional=True)
+    errors.int_in("n_final_test_users", n_final_test_users, SPLIT_N_FINAL_TEST_USERS, optional=True)
     errors.int_in("random_seed", random_seed, RANDOM_SEED)
     if scheme in ("TG", "TU") and project is not None and not project.time_column:
-        errors.add("scheme", (
-            f"Scheme {scheme} orders interactions by time, but project {project.name!r} has no time "
-            "column; use RG or set the project's time column."))
+        errors.add(
+            "scheme",
+            (
+                f"Scheme {scheme} orders interactions by time, but project {project.name!r} has no "
+                "time column; use RG or set the project's time column."
+            ),
+        )
     errors.raise_if_any()
-    split = SplitConfig(scheme=scheme, heldout_ratio=heldout_ratio, n_heldout=n_heldout,
-                        test_user_ratio=test_user_ratio, n_test_users=n_test_users, random_seed=random_seed)
     try:
-        split_spec_of(split).validate()
+        split_spec_from_config(
+            scheme=scheme,
+            heldout_ratio=heldout_ratio,
+            n_heldout=n_heldout,
+            test_user_ratio=test_user_ratio,
+            n_test_users=n_test_users,
+            final_test_ratio=final_test_ratio,
+            n_final_test_users=n_final_test_users,
+            random_seed=random_seed,
+        ).validate()
     except ValueError as exc:
-        raise ValidationError({"non_field_errors": [str(exc)]}) from None
+        raise InvalidInput({"non_field_errors": [str(exc)]}) from None
 
 
 def validate_evaluation_config(*, cutoff: int) -> None:
@@ -105,59 +121,23 @@ def validate_evaluation_config(*, cutoff: int) -> None:
 
 
 def validate_algorithms(names: Any, *, field: str = "tried_algorithms") -> list[str]:
-    """Canonical irspack class names (via `services.check_algorithms`), or a field error."""
-    from recotem.core.exceptions import ApplicationError
-    from recotem.tuning.services import check_algorithms
+    """Canonical irspack class names, deduplicated in order, or a field error naming the bad one."""
+    from recotem.ml.registry import UnknownRecommenderError, canonical_name
 
-    if not isinstance(names, (list, tuple)):
-        raise ValidationError({field: ["Must be a list of algorithm names."]})
-    try:
-        return check_algorithms(list(names))
-    except ApplicationError as exc:
-        message = exc.message
-        # The engine says "unknown recommender class 'X'; available: ..."; say it in UI words.
-        if message.startswith("unknown recommender class"):
-            message = "Unknown algorithm" + message.removeprefix("unknown recommender class")
-        raise ValidationError({field: [message]}) from None
-
-
-def validate_model_configuration(
-    *,
-    project: Any,
-    name: str | None,
-    recommender_class_name: str,
-    parameters_json: Any,
-    instance: Any = None,
-) -> dict[str, Any]:
-    """The unique name, a known algorithm and parameters it accepts.
-
-    Returns the normalised `recommender_class_name` and `parameters_json`.
-    """
-    from recotem.ml.registry import canonical_name, validate_parameters
-    from recotem.tuning.models import ModelConfiguration
-
-    errors = Errors()
-    if name and project is not None:
-        clash = ModelConfiguration.objects.filter(project=project, name=name)
-        if instance is not None and instance.pk is not None:
-            clash = clash.exclude(pk=instance.pk)
-        if clash.exists():
-            errors.add("name", "This project already has a configuration with this name.")
-    try:
-        class_name = canonical_name(recommender_class_name)
-    except ValueError as exc:
-        errors.add("recommender_class_name", str(exc))
-        class_name = None
-    params = parameters_json if parameters_json is not None else {}
-    if not isinstance(params, dict):
-        errors.add("parameters_json", "Must be a JSON object.")
-    elif class_name is not None:
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise InvalidInput({field: ["Must be a list of algorithm names."]})
+    result: list[str] = []
+    for name in names:
         try:
-            params = validate_parameters(class_name, params)
-        except ValueError as exc:
-            errors.add("parameters_json", str(exc))
-    errors.raise_if_any()
-    return {"recommender_class_name": class_name, "parameters_json": params}
+            canonical = canonical_name(name)
+        except UnknownRecommenderError as exc:
+            available = ", ".join(exc.available)
+            raise InvalidInput(
+                {field: [f"Unknown algorithm {exc.name!r}; available: {available}"]}
+            ) from None
+        if canonical not in result:
+            result.append(canonical)
+    return result
 
 
 def validate_tuning_job(
@@ -169,12 +149,11 @@ def validate_tuning_job(
     random_seed: int = 42,
     tried_algorithms: Any = None,
 ) -> dict[str, Any]:
-    """Budgets and algorithms of a tuning job; returns the canonical `tried_algorithms`."""
-    from recotem.tuning.services import MAX_TASKS_PARALLEL
-
+    """Budgets and algorithms of a tuning job; returns the canonical `tried_algorithms`
+    (None when none were given: the caller uses the default set)."""
     errors = Errors()
     errors.int_in("n_trials", n_trials, N_TRIALS)
-    errors.int_in("n_tasks_parallel", n_tasks_parallel, (1, min(N_TASKS_PARALLEL[1], MAX_TASKS_PARALLEL)))
+    errors.int_in("n_tasks_parallel", n_tasks_parallel, N_TASKS_PARALLEL)
     errors.int_in("timeout_overall", timeout_overall, TIMEOUT, optional=True)
     errors.int_in("timeout_singlestep", timeout_singlestep, TIMEOUT, optional=True)
     errors.int_in("random_seed", random_seed, RANDOM_SEED)

@@ -15,10 +15,14 @@ URL = "/api/v1/api_keys/"
 
 
 def _create(client: APIClient, project: Project, **extra: Any) -> Any:
-    return client.post(URL, {"project": project.id, "name": "app", "scopes": ["predict"], **extra}, format="json")
+    return client.post(
+        URL, {"project": project.id, "name": "app", "scopes": ["predict"], **extra}, format="json"
+    )
 
 
-def test_it_shows_the_key_once_and_stores_only_its_hash(alice_client: APIClient, project: Project) -> None:
+def test_it_shows_the_key_once_and_stores_only_its_hash(
+    alice_client: APIClient, project: Project
+) -> None:
     response = _create(alice_client, project, scopes=["predict", "read", "predict"])
     assert response.status_code == 201, response.content
     body = response.json()
@@ -39,7 +43,9 @@ def test_it_validates_scopes(alice_client: APIClient, project: Project, scopes: 
 
 
 def test_it_rejects_an_expiry_in_the_past(alice_client: APIClient, project: Project) -> None:
-    response = _create(alice_client, project, expires_at=(timezone.now() - timedelta(hours=1)).isoformat())
+    response = _create(
+        alice_client, project, expires_at=(timezone.now() - timedelta(hours=1)).isoformat()
+    )
     assert response.status_code == 400
     assert "expires_at" in response.json()
 
@@ -50,7 +56,9 @@ def test_it_refuses_a_project_of_another_user(bob_client: APIClient, project: Pr
     assert "project" in response.json()
 
 
-def test_it_hides_keys_of_other_users(alice_client: APIClient, bob_client: APIClient, project: Project) -> None:
+def test_it_hides_keys_of_other_users(
+    alice_client: APIClient, bob_client: APIClient, project: Project
+) -> None:
     key_id = _create(alice_client, project).json()["id"]
     assert bob_client.get(f"{URL}{key_id}/").status_code == 404
     assert bob_client.post(f"{URL}{key_id}/revoke/").status_code == 404
@@ -58,13 +66,19 @@ def test_it_hides_keys_of_other_users(alice_client: APIClient, bob_client: APICl
     assert ApiKey.objects.get(pk=key_id).revoked_at is None
 
 
-def test_it_revokes_a_key_which_then_stops_working(alice_client: APIClient, project: Project) -> None:
+def test_it_revokes_a_key_which_then_stops_working(
+    alice_client: APIClient, project: Project
+) -> None:
     body = _create(alice_client, project, scopes=["read"]).json()
     key_client = APIClient()
     key_client.credentials(HTTP_X_API_KEY=body["key"])
     assert key_client.get("/api/v1/project/").status_code == 200
     response = alice_client.post(f"{URL}{body['id']}/revoke/")
-    assert response.status_code == 200 and response.json()["revoked_at"] and response.json()["is_active"] is False
+    assert (
+        response.status_code == 200
+        and response.json()["revoked_at"]
+        and response.json()["is_active"] is False
+    )
     assert key_client.get("/api/v1/project/").status_code == 401
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from typing import Any
 
 import yaml
 
@@ -20,19 +22,126 @@ def test_it_describes_the_scale_out_layout_in_compose_yaml() -> None:
     assert issubclass(symbol_by_name(services["beat"]["command"][-1]), DatabaseScheduler)
     assert services["worker"]["command"][:4] == ["celery", "-A", "recotem", "worker"]
     env = services["web"]["environment"]
-    assert env["DATABASE_URL"].startswith("postgresql://") and env["CELERY_BROKER_URL"].startswith("redis://")
+    assert env["DATABASE_URL"].startswith("postgresql://") and env["CELERY_BROKER_URL"].startswith(
+        "redis://"
+    )
     assert (REPO_ROOT / "Dockerfile").exists()
     _docker_compose_config_where_available()
 
 
+def test_it_connects_recotem_with_a_role_that_is_not_a_superuser() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    postgres = compose["services"]["postgres"]
+    superuser = postgres["environment"]["POSTGRES_USER"]
+    url = compose["services"]["web"]["environment"]["DATABASE_URL"]
+    role = url.split("://", 1)[1].split(":", 1)[0]
+    assert role == "recotem" != superuser  # the image's POSTGRES_USER is always a superuser
+    [mount] = postgres["configs"]
+    assert mount["target"].startswith("/docker-entrypoint-initdb.d/")
+    script = compose["configs"][mount["source"]]["content"]
+    assert "CREATE ROLE recotem" in script and "NOSUPERUSER" in script
+    assert "NOCREATEDB" in script and "NOCREATEROLE" in script
+    assert "CREATE DATABASE recotem OWNER recotem" in script
+
+
+def test_it_ships_safe_deployment_defaults() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    env = compose["services"]["web"]["environment"]
+    assert "*" not in env["RECOTEM_ALLOWED_HOSTS"]
+    assert compose["services"]["web"]["ports"] == ["127.0.0.1:8000:8000"]
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+RECOTEM_SERVICES = ("migrate", "web", "worker", "beat", "inference")
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load((REPO_ROOT / "compose.yaml").read_text())
+    return compose
+
+
+def test_every_process_uses_the_bucket_and_no_shared_disk() -> None:
+    services = _compose()["services"]
+    assert {"minio", "minio-init"} <= set(services)
+    for name in RECOTEM_SERVICES:
+        service = services[name]
+        assert service["image"] == "recotem:latest", name
+        env = service["environment"]
+        assert env["RECOTEM_STORAGE"] == "s3", name
+        assert env["RECOTEM_S3_ENDPOINT_URL"].endswith("http://minio:9000}"), name
+        for variable in ("RECOTEM_S3_BUCKET", "RECOTEM_S3_REGION", "RECOTEM_S3_PREFIX",
+                         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+            assert variable in env, (name, variable)
+        # Two machines share no disk: nothing of Recotem's is on a volume another mounts.
+        assert "volumes" not in service, name
+    # Recotem's key is not MinIO's root user; the bucket is created private, before anyone starts.
+    recotem_key = services["web"]["environment"]["AWS_ACCESS_KEY_ID"]
+    assert "MINIO_ROOT" not in recotem_key
+    script = _compose()["configs"]["create-recotem-bucket"]["content"]
+    assert "mc anonymous set none" in script and "mc admin user add" in script
+    assert "s3:*" not in script  # only object reads/writes/deletes on its own bucket
+    assert services["migrate"]["depends_on"]["minio-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    for name in ("web", "worker", "beat", "inference"):
+        assert services[name]["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"}
+        }, name
+
+
+def test_beat_is_exactly_one_and_the_rest_scale() -> None:
+    services = _compose()["services"]
+    assert services["beat"]["deploy"]["replicas"] == 1
+    for name in ("web", "worker", "inference"):
+        # A fixed container_name or a host port range would stop `--scale name=N`.
+        assert "container_name" not in services[name], name
+    assert services["inference"]["command"][:2] == ["recotem", "inference"]
+    assert "ports" not in services["inference"]  # replicas sit behind the operator's balancer
+
+
+def test_it_has_the_services_and_variables_docs_scale_out_names() -> None:
+    doc = (REPO_ROOT / "docs" / "scale-out.md").read_text()
+    services = _compose()["services"]
+    named_services = set(re.findall(r"compose service `([a-z-]+)`", doc))
+    assert {"web", "worker", "beat", "inference", "minio"} <= named_services
+    assert named_services <= set(services)
+    variables = set(re.findall(r"`((?:RECOTEM|AWS)_[A-Z0-9_]+)`", doc))
+    assert {"RECOTEM_S3_BUCKET", "RECOTEM_S3_ENDPOINT_URL", "RECOTEM_CACHE_DIR"} <= variables
+    source = "".join(
+        p.read_text() for p in (REPO_ROOT / "recotem").rglob("*.py") if "tests" not in p.parts
+    )
+    compose_text = (REPO_ROOT / "compose.yaml").read_text()
+    env = services["web"]["environment"]
+    for variable in sorted(variables):
+        if variable.startswith("AWS_") or f'"{variable}"' in source:  # a setting Recotem reads
+            if variable.startswith(("RECOTEM_S3_", "RECOTEM_STORAGE")):
+                assert variable in env, f"{variable} is not wired in compose.yaml"
+        else:  # no documented knob that does nothing: then it is one of compose's own inputs
+            assert "${" + variable in compose_text, f"{variable} is read by nothing"
+
+
 def _docker_compose_config_where_available() -> None:
     docker = shutil.which("docker")
-    has_compose = docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    has_compose = (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    )
     if not has_compose:
         # Only the docker client may be present (no compose plugin); the YAML test above still ran.
         return
     result = subprocess.run(
         [docker, "compose", "-f", str(REPO_ROOT / "compose.yaml"), "config", "--quiet"],
-        capture_output=True, text=True, env={"SECRET_KEY": "x", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={
+            "SECRET_KEY": "x",
+            "POSTGRES_PASSWORD": "x",
+            "RECOTEM_DB_PASSWORD": "x",
+            "MINIO_ROOT_PASSWORD": "x",
+            "RECOTEM_S3_SECRET_KEY": "x",
+            "PATH": "/usr/bin:/bin",
+        },
     )
     assert result.returncode == 0, result.stderr

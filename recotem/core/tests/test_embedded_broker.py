@@ -34,13 +34,31 @@ def test_it_survives_concurrent_producers_worker_and_beat(tmp_path: Path) -> Non
     env = process_env(tmp_path / "data", RECOTEM_ADMIN_PASSWORD="admin-pass-123")
     subprocess.run(recotem("migrate"), env=env, check=True, capture_output=True, timeout=180)
     worker_log, beat_log = tmp_path / "worker.log", tmp_path / "beat.log"
-    with running(celery("worker", "-l", "INFO", "--concurrency", "2"), env, worker_log), \
-            running(celery("beat", "-l", "INFO", "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"),
-                    env, beat_log):
-        wait_until(lambda: "ready" in worker_log.read_text(errors="replace"), 60, message="worker ready")
+    with (
+        running(celery("worker", "-l", "INFO", "--concurrency", "2"), env, worker_log),
+        running(
+            celery(
+                "beat",
+                "-l",
+                "INFO",
+                "--scheduler",
+                "django_celery_beat.schedulers:DatabaseScheduler",
+            ),
+            env,
+            beat_log,
+        ),
+    ):
+        wait_until(
+            lambda: "ready" in worker_log.read_text(errors="replace"), 60, message="worker ready"
+        )
         producers = [
-            subprocess.Popen(recotem("manage", "shell", "-c", PRODUCER.replace("NAME", str(n))), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                recotem("manage", "shell", "-c", PRODUCER.replace("NAME", str(n))),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for n in range(4)
         ]
         outputs = [p.communicate(timeout=300) for p in producers]
@@ -52,7 +70,15 @@ def test_it_survives_concurrent_producers_worker_and_beat(tmp_path: Path) -> Non
         text = log.read_text(errors="replace")
         assert "database is locked" not in text and "OperationalError" not in text, text[-3000:]
     projects = subprocess.run(
-        recotem("manage", "shell", "-c", "from recotem.projects.models import Project; print(Project.objects.count())"),
-        env=env, capture_output=True, text=True, timeout=60,
+        recotem(
+            "manage",
+            "shell",
+            "-c",
+            "from recotem.projects.models import Project; print(Project.objects.count())",
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert projects.stdout.strip().splitlines()[-1] == "80"

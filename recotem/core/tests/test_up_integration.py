@@ -20,7 +20,6 @@ from recotem.testing.processes import (
     postgres_available,
     process_env,
     recotem,
-    redis_available,
     running,
     wait_http_ok,
     wait_until,
@@ -30,7 +29,11 @@ pytestmark = pytest.mark.integration
 
 
 def _login(base: str) -> dict[str, str]:
-    tokens = httpx.post(f"{base}/api/v1/auth/login/", json={"username": "admin", "password": "admin-pass-123"}).json()
+    tokens = httpx.post(
+        f"{base}/api/v1/auth/login/",
+        json={"username": "admin", "password": "admin-pass-123"},
+        timeout=30,
+    ).json()
     return {"Authorization": f"Bearer {tokens['access']}"}
 
 
@@ -44,7 +47,12 @@ def test_it_runs_the_whole_app_and_uploads_ml100k(tmp_path: Path, ml100k_csv: Pa
         headers = _login(base)
         project = httpx.post(
             f"{base}/api/v1/project/",
-            json={"name": "movies", "user_column": "user_id", "item_column": "item_id", "time_column": "timestamp"},
+            json={
+                "name": "movies",
+                "user_column": "user_id",
+                "item_column": "item_id",
+                "time_column": "timestamp",
+            },
             headers=headers,
         ).json()
         with open(ml100k_csv, "rb") as fh:
@@ -61,7 +69,11 @@ def test_it_runs_the_whole_app_and_uploads_ml100k(tmp_path: Path, ml100k_csv: Pa
 
         # The worker and beat that `up` started report in.
         ping = wait_until(
-            lambda: (p := httpx.get(f"{base}/api/v1/ping/").json())["worker"]["alive"] and p["beat"]["alive"] and p,
+            lambda: (
+                (p := httpx.get(f"{base}/api/v1/ping/").json())["worker"]["alive"]
+                and p["beat"]["alive"]
+                and p
+            ),
             timeout=60,
             message="worker and beat heartbeats",
         )
@@ -69,9 +81,16 @@ def test_it_runs_the_whole_app_and_uploads_ml100k(tmp_path: Path, ml100k_csv: Pa
 
         # A task round-trips through the worker of `up` on the embedded broker.
         result = subprocess.run(
-            recotem("manage", "shell", "-c",
-                    "import json; from recotem.core.tasks import ping; print(json.dumps(ping.delay().get(timeout=60)))"),
-            env=env, capture_output=True, text=True, timeout=120,
+            recotem(
+                "manage",
+                "shell",
+                "-c",
+                "import json; from recotem.core.tasks import ping; print(json.dumps(ping.delay().get(timeout=60)))",
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout.strip().splitlines()[-1])["pong"] is True
@@ -92,7 +111,9 @@ def test_it_exits_non_zero_when_a_child_dies(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     with running(recotem("up", "--port", str(port)), env, log) as up:
         wait_http_ok(f"http://127.0.0.1:{port}/api/v1/ping/", timeout=90, proc=up)
-        supervised = wait_until(lambda: len(c := children(up.pid)) == 3 and c, timeout=10, message="3 children")
+        supervised = wait_until(
+            lambda: len(c := children(up.pid)) == 3 and c, timeout=10, message="3 children"
+        )
         subprocess.run(["kill", "-9", str(supervised[-1])], check=True)  # beat
         assert up.wait(timeout=30) == 1
     assert "process exited with code" in log.read_text()
@@ -105,37 +126,62 @@ def test_it_prints_a_generated_admin_password_once(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "with password:" in first.stdout
     password = first.stdout.split("with password:")[1].split()[0]
-    second = subprocess.run(recotem("migrate"), env=env, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        recotem("migrate"), env=env, capture_output=True, text=True, timeout=120
+    )
     assert "password" not in second.stdout
     check = subprocess.run(
-        recotem("manage", "shell", "-c",
-                f"from django.contrib.auth import authenticate; print(bool(authenticate(username='admin', password='{password}')))"),
-        env=env, capture_output=True, text=True, timeout=60,
+        recotem(
+            "manage",
+            "shell",
+            "-c",
+            f"from django.contrib.auth import authenticate; print(bool(authenticate(username='admin', password='{password}')))",
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert check.stdout.strip().endswith("True")
 
 
 @pytest.mark.parametrize("backend", ["embedded", "redis+postgres"])
-def test_it_round_trips_a_task_through_a_separate_worker(tmp_path: Path, backend: str) -> None:
+def test_it_round_trips_a_task_through_a_separate_worker(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     extra: dict[str, str] = {}
     pg = None
     if backend != "embedded":
-        require(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+        redis_url = request.getfixturevalue("redis_url")
         require(postgres_available(), "PostgreSQL is not reachable at 127.0.0.1:5432")
         pg = fresh_postgres_database()
-        extra = {"DATABASE_URL": pg.__enter__(), "CELERY_BROKER_URL": "redis://127.0.0.1:6379/14"}
+        extra = {"DATABASE_URL": pg.__enter__(), "CELERY_BROKER_URL": redis_url}
     try:
         env = process_env(tmp_path / "data", **extra)
-        assert subprocess.run(recotem("migrate"), env=env, capture_output=True, timeout=180).returncode == 0
-        with running(celery("worker", "-l", "INFO", "--concurrency", "1"), env, tmp_path / "worker.log"):
+        assert (
+            subprocess.run(recotem("migrate"), env=env, capture_output=True, timeout=180).returncode
+            == 0
+        )
+        with running(
+            celery("worker", "-l", "INFO", "--concurrency", "1"), env, tmp_path / "worker.log"
+        ):
             started = time.monotonic()
             result = subprocess.run(
-                recotem("manage", "shell", "-c",
-                        "import json, os; from recotem.core.tasks import ping; r = ping.delay().get(timeout=90);"
-                        " print(json.dumps({**r, 'me': os.getpid()}))"),
-                env=env, capture_output=True, text=True, timeout=150,
+                recotem(
+                    "manage",
+                    "shell",
+                    "-c",
+                    "import json, os; from recotem.core.tasks import ping; r = ping.delay().get(timeout=90);"
+                    " print(json.dumps({**r, 'me': os.getpid()}))",
+                ),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=150,
             )
-            assert result.returncode == 0, result.stderr + (tmp_path / "worker.log").read_text()[-3000:]
+            assert result.returncode == 0, (
+                result.stderr + (tmp_path / "worker.log").read_text()[-3000:]
+            )
             reply = json.loads(result.stdout.strip().splitlines()[-1])
             assert reply["pong"] is True and reply["pid"] != reply["me"]
             assert time.monotonic() - started < 120

@@ -6,11 +6,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from recotem.accounts.services import api_key_create
+from recotem.core.jobs import JobStatus
 from recotem.deployment.models import DeploymentSlot, RoutingVersion, SlotHistory
 from recotem.deployment.services import slot_create, slot_set_model
 from recotem.deployment.tests.factories import completed_model
 from recotem.projects.models import Project
-from recotem.tuning.models import JobStatus
 
 URL = "/api/v1/deployment_slot/"
 
@@ -25,41 +25,61 @@ def model(project: Project) -> Any:
     return completed_model(project)
 
 
-def test_it_creates_a_slot_and_records_history(alice_client: APIClient, project: Project, model: Any) -> None:
+def test_it_creates_a_slot_and_records_history(
+    alice_client: APIClient, project: Project, model: Any
+) -> None:
     before = _version()
-    response = alice_client.post(URL, {"project": project.id, "name": "main", "trained_model": model.id, "weight": 70})
+    response = alice_client.post(
+        URL, {"project": project.id, "name": "main", "trained_model": model.id, "weight": 70}
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["weight"] == 70 and body["is_active"] is True and body["trained_model"] == model.id
-    assert SlotHistory.objects.filter(slot_id=body["id"], trained_model=model).count() == 1
+    assert SlotHistory.objects.filter(slot_id=body["id"], trained_model_id=model.pk).count() == 1
     assert _version() > before
 
 
-def test_it_rejects_a_duplicate_name_in_the_project(alice_client: APIClient, project: Project, model: Any) -> None:
+def test_it_rejects_a_duplicate_name_in_the_project(
+    alice_client: APIClient, project: Project, model: Any
+) -> None:
     slot_create(project=project, name="main", trained_model=model)
-    response = alice_client.post(URL, {"project": project.id, "name": "main", "trained_model": model.id})
+    response = alice_client.post(
+        URL, {"project": project.id, "name": "main", "trained_model": model.id}
+    )
     assert response.status_code == 400
     assert "name" in response.json()
 
 
 @pytest.mark.parametrize("weight", [-1, 101, "heavy"])
-def test_it_rejects_a_weight_out_of_range(alice_client: APIClient, project: Project, model: Any, weight: Any) -> None:
-    response = alice_client.post(URL, {"project": project.id, "name": "w", "trained_model": model.id, "weight": weight})
+def test_it_rejects_a_weight_out_of_range(
+    alice_client: APIClient, project: Project, model: Any, weight: Any
+) -> None:
+    response = alice_client.post(
+        URL, {"project": project.id, "name": "w", "trained_model": model.id, "weight": weight}
+    )
     assert response.status_code == 400
     assert "weight" in response.json()
 
 
-def test_it_rejects_a_model_that_is_not_completed(alice_client: APIClient, project: Project) -> None:
+def test_it_rejects_a_model_that_is_not_completed(
+    alice_client: APIClient, project: Project
+) -> None:
     pending = completed_model(project, status=JobStatus.PENDING)
-    response = alice_client.post(URL, {"project": project.id, "name": "p", "trained_model": pending.id})
+    response = alice_client.post(
+        URL, {"project": project.id, "name": "p", "trained_model": pending.id}
+    )
     assert response.status_code == 400
     assert "trained_model" in response.json()
 
 
-def test_it_rejects_a_model_of_another_project(alice_client: APIClient, project: Project, alice: Any) -> None:
+def test_it_rejects_a_model_of_another_project(
+    alice_client: APIClient, project: Project, alice: Any
+) -> None:
     other = Project.objects.create(owner=alice, name="books", user_column="u", item_column="i")
     foreign = completed_model(other)
-    response = alice_client.post(URL, {"project": project.id, "name": "x", "trained_model": foreign.id})
+    response = alice_client.post(
+        URL, {"project": project.id, "name": "x", "trained_model": foreign.id}
+    )
     assert response.status_code == 400
     assert "trained_model" in response.json()
 
@@ -69,7 +89,9 @@ def test_it_refuses_foreign_ids(bob_client: APIClient, project: Project, model: 
     assert bob_client.get(f"{URL}{slot.id}/").status_code == 404
     assert bob_client.post(f"{URL}{slot.id}/rollback/").status_code == 404
     assert bob_client.get(f"{URL}{slot.id}/history/").status_code == 404
-    response = bob_client.post(URL, {"project": project.id, "name": "steal", "trained_model": model.id})
+    response = bob_client.post(
+        URL, {"project": project.id, "name": "steal", "trained_model": model.id}
+    )
     assert response.status_code == 400
     assert set(response.json()) >= {"project"}
     assert bob_client.get(URL).json()["count"] == 0
@@ -91,11 +113,15 @@ def test_it_changes_the_model_keeping_the_weight_and_rolls_back(
     assert response.json()["trained_model"] == model.id
     history = alice_client.get(f"{URL}{slot.id}/history/").json()["results"]
     assert [(h["trained_model"], h["changed_by"]) for h in history] == [
-        (model.id, "rollback"), (newer.id, "user"), (model.id, "user"),
+        (model.id, "rollback"),
+        (newer.id, "user"),
+        (model.id, "user"),
     ]
 
 
-def test_it_refuses_a_rollback_without_a_previous_model(alice_client: APIClient, project: Project, model: Any) -> None:
+def test_it_refuses_a_rollback_without_a_previous_model(
+    alice_client: APIClient, project: Project, model: Any
+) -> None:
     slot = slot_create(project=project, name="main", trained_model=model)
     response = alice_client.post(f"{URL}{slot.id}/rollback/")
     assert response.status_code == 400
@@ -140,15 +166,35 @@ def test_it_lets_keys_read_and_write_slots_of_their_project_only(
     assert DeploymentSlot.objects.get(pk=slot.id).weight == 1
 
 
-def test_it_records_history_for_admin_edits_so_rollback_works(project: Project, model: Any) -> None:
+def test_it_records_history_for_admin_edits_so_rollback_works(
+    project: Project, model: Any, admin_client: Any
+) -> None:
     newer = completed_model(project)
-    slot = DeploymentSlot.objects.create(project=project, name="admin-made", trained_model=model)
-    slot.trained_model = newer
-    slot.save()  # as the admin change form does
-    slot.weight = 10
-    slot.save()  # no model change: no history entry
-    assert [(h.trained_model_id, h.previous_model_id, h.changed_by) for h in slot.history.order_by("id")] == [
-        (model.id, None, "admin"), (newer.id, model.id, "admin"),
+    form = {"project": project.pk, "name": "admin-made", "trained_model": model.pk, "weight": 100}
+    add = admin_client.post("/admin/deployment/deploymentslot/add/", {**form, "is_active": "on"})
+    assert add.status_code == 302, add.content.decode()[:3000]
+    slot = DeploymentSlot.objects.get(name="admin-made")
+    change = f"/admin/deployment/deploymentslot/{slot.pk}/change/"
+    assert (
+        admin_client.post(
+            change, {**form, "trained_model": newer.pk, "is_active": "on"}
+        ).status_code
+        == 302
+    )
+    # No model change: no history entry.
+    assert (
+        admin_client.post(
+            change, {**form, "trained_model": newer.pk, "weight": 10, "is_active": "on"}
+        ).status_code
+        == 302
+    )
+    slot.refresh_from_db()
+    assert (slot.trained_model_id, slot.weight) == (newer.id, 10)
+    assert [
+        (h.trained_model_id, h.previous_model_id, h.changed_by) for h in slot.history.order_by("id")
+    ] == [
+        (model.id, None, "admin"),
+        (newer.id, model.id, "admin"),
     ]
     from recotem.deployment.services import slot_rollback
 

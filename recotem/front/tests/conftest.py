@@ -29,10 +29,12 @@ def data(project: Project, small_csv: Path) -> TrainingData:
 @pytest.fixture
 def trained(project: Project, data: TrainingData):  # type: ignore[no-untyped-def]
     """A COMPLETED TopPop model, trained synchronously by the training service."""
+    from recotem.training.models import ModelConfiguration
     from recotem.training.services import trained_model_create, trained_model_train
-    from recotem.tuning.models import ModelConfiguration
 
-    config = ModelConfiguration.objects.create(project=project, name="toppop", recommender_class_name="TopPopRecommender")
+    config = ModelConfiguration.objects.create(
+        project=project, name="toppop", recommender_class_name="TopPopRecommender"
+    )
     model = trained_model_create(configuration=config, data=data, enqueue=False)
     model = trained_model_train(trained_model_id=model.pk)
     assert model.status == "COMPLETED", model.error

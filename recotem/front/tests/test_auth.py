@@ -16,7 +16,10 @@ def test_it_signs_in_and_out(alice: Any) -> None:
     page = client.get("/login/")
     assert 'name="csrfmiddlewaretoken"' in page.content.decode()
     token = page.cookies["csrftoken"].value
-    response = client.post("/login/", {"username": "alice", "password": "alice-password-1", "csrfmiddlewaretoken": token})
+    response = client.post(
+        "/login/",
+        {"username": "alice", "password": "alice-password-1", "csrfmiddlewaretoken": token},
+    )
     assert response.status_code == 302
     assert client.get("/").status_code == 200
     token = client.cookies["csrftoken"].value

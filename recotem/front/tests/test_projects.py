@@ -14,7 +14,9 @@ def test_it_shows_an_empty_state_without_projects(web: Client) -> None:
 
 
 def test_it_creates_a_project_and_goes_to_data(web: Client, alice: Any) -> None:
-    response = web.post("/", {"name": "shop", "user_column": "u", "item_column": "i", "time_column": ""})
+    response = web.post(
+        "/", {"name": "shop", "user_column": "u", "item_column": "i", "time_column": ""}
+    )
     project = Project.objects.get(owner=alice, name="shop")
     assert response.status_code == 302
     assert response["Location"] == f"/projects/{project.pk}/data/"

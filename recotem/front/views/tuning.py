@@ -6,21 +6,26 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from recotem.core.exceptions import ApplicationError
+from recotem.core.jobs import JobStatus
 from recotem.front.forms import EvaluationConfigForm, SplitConfigForm, TuningJobForm
+from recotem.front.http import AuthenticatedHttpRequest
 from recotem.front.views.common import add_service_error, get_project, paginate, project_context
 from recotem.front.views.plots import optimization_history_html
+from recotem.projects.models import Project
 from recotem.tuning import services
-from recotem.tuning.models import EvaluationConfig, JobStatus, ParameterTuningJob, SplitConfig
+from recotem.tuning.models import EvaluationConfig, ParameterTuningJob, SplitConfig
 
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
 
 
-def _page(request: HttpRequest, project: Any, status: int = 200, **forms: Any) -> HttpResponse:
+def _page(
+    request: AuthenticatedHttpRequest, project: Project, status: int = 200, **forms: Any
+) -> HttpResponse:
     jobs = ParameterTuningJob.objects.filter(project=project).select_related(
         "best_config", "evaluation", "data"
     )
@@ -39,13 +44,13 @@ def _page(request: HttpRequest, project: Any, status: int = 200, **forms: Any) -
 
 
 @login_required
-def tuning_page(request: HttpRequest, pk: int) -> HttpResponse:
+def tuning_page(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     return _page(request, get_project(request, pk))
 
 
 @login_required
 @require_POST
-def config_create(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+def config_create(request: AuthenticatedHttpRequest, pk: int, kind: str) -> HttpResponse:
     project = get_project(request, pk)
     if kind not in ("split", "eval"):
         raise Http404("Unknown configuration kind.")
@@ -62,7 +67,7 @@ def config_create(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def job_create(request: HttpRequest, pk: int) -> HttpResponse:
+def job_create(request: AuthenticatedHttpRequest, pk: int) -> HttpResponse:
     project = get_project(request, pk)
     form = TuningJobForm(request.POST, prefix="job", project=project)
     if form.is_valid():
@@ -86,13 +91,20 @@ def job_create(request: HttpRequest, pk: int) -> HttpResponse:
     return _page(request, project, status=400, job_form=form)
 
 
-def _job_context(request: HttpRequest, pk: int, job_id: int) -> dict[str, Any]:
+def _job_context(request: AuthenticatedHttpRequest, pk: int, job_id: int) -> dict[str, Any]:
     project = get_project(request, pk)
     job = get_object_or_404(
-        ParameterTuningJob.objects.select_related("best_config", "evaluation", "split", "data", "tuned_model"),
-        pk=job_id, project=project,
+        ParameterTuningJob.objects.select_related(
+            "best_config", "evaluation", "split", "data", "tuned_model"
+        ),
+        pk=job_id,
+        project=project,
     )
-    trials = list(job.trials.order_by("number").values_list("number", "score", "algorithm", "state", "duration", "params"))
+    trials = list(
+        job.trials.order_by("number").values_list(
+            "number", "score", "algorithm", "state", "duration", "params"
+        )
+    )
     metric = f"{job.evaluation.target_metric}@{job.evaluation.cutoff}"
     percent = min(100, round(100 * job.trials_done / job.n_trials)) if job.n_trials else 0
     if job.status == JobStatus.COMPLETED:
@@ -110,11 +122,11 @@ def _job_context(request: HttpRequest, pk: int, job_id: int) -> dict[str, Any]:
 
 
 @login_required
-def job_detail(request: HttpRequest, pk: int, job_id: int) -> HttpResponse:
+def job_detail(request: AuthenticatedHttpRequest, pk: int, job_id: int) -> HttpResponse:
     return render(request, "front/tuning_job.html", _job_context(request, pk, job_id))
 
 
 @login_required
-def job_progress(request: HttpRequest, pk: int, job_id: int) -> HttpResponse:
+def job_progress(request: AuthenticatedHttpRequest, pk: int, job_id: int) -> HttpResponse:
     """The htmx-polled fragment; it stops polling itself once the job is finished."""
     return render(request, "front/tuning_job_progress.html", _job_context(request, pk, job_id))

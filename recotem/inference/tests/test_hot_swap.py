@@ -22,27 +22,55 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One server for the module (setting up the database takes seconds)."""
     tmp_path = tmp_path_factory.mktemp("hot-swap")
     csv = tmp_path / "small.csv"
-    csv.write_text("user_id,item_id\n" + "".join(
-        f"{u},{i}\n" for u in range(1, 31) for i in range(1, 21) if (u * 7 + i * 3) % 4
-    ))
+    csv.write_text(
+        "user_id,item_id\n"
+        + "".join(f"{u},{i}\n" for u in range(1, 31) for i in range(1, 21) if (u * 7 + i * 3) % 4)
+    )
     env = isolated_env(tmp_path / "data")
     (tmp_path / "data").mkdir()
-    world = json.loads(run_cli(env, "setup", "--csv", str(csv), "--models",
-                               'IALS:{"n_components": 8}', "TopPop:{}", "IALS:{\"n_components\": 4}",
-                               "--weights", "100"))
+    world = json.loads(
+        run_cli(
+            env,
+            "setup",
+            "--csv",
+            str(csv),
+            "--models",
+            'IALS:{"n_components": 8}',
+            "TopPop:{}",
+            'IALS:{"n_components": 4}',
+            "--weights",
+            "100",
+        )
+    )
     port = free_port()
-    proc = processes.start(processes.recotem("inference", "--port", str(port), "--workers", "2"), env)
+    proc = processes.start(
+        processes.recotem("inference", "--port", str(port), "--workers", "2"), env
+    )
     processes.wait_http_ok(f"http://127.0.0.1:{port}/inference/health", 60, proc, any_status=True)
     yield env, world, f"http://127.0.0.1:{port}"
     stop_server(proc)
 
 
-def _load(base: str, world: dict[str, Any], stop: threading.Event, log: list[tuple[float, int, int | None]]) -> None:
+def _load(
+    base: str,
+    world: dict[str, Any],
+    stop: threading.Event,
+    log: list[tuple[float, int, int | None]],
+) -> None:
     with httpx.Client(base_url=base, headers={"X-API-Key": world["key"]}, timeout=10) as client:
         while not stop.is_set():
             try:
-                r = client.post(f"/inference/predict/project/{world['project_id']}", json={"user_id": "7", "cutoff": 3})
-                log.append((time.monotonic(), r.status_code, r.json().get("model_id") if r.status_code == 200 else None))
+                r = client.post(
+                    f"/inference/predict/project/{world['project_id']}",
+                    json={"user_id": "7", "cutoff": 3},
+                )
+                log.append(
+                    (
+                        time.monotonic(),
+                        r.status_code,
+                        r.json().get("model_id") if r.status_code == 200 else None,
+                    )
+                )
             except httpx.HTTPError:
                 log.append((time.monotonic(), 0, None))
 
@@ -78,15 +106,23 @@ def test_it_keeps_serving_when_the_new_artifact_is_corrupt(served: Any) -> None:
     env, world, base = served
     _, _, third = world["model_ids"]
     url = f"{base}/inference/predict/project/{world['project_id']}"
-    serving = httpx.post(url, json={"user_id": "7"}, headers={"X-API-Key": world["key"]}).json()["model_id"]
+    serving = httpx.post(url, json={"user_id": "7"}, headers={"X-API-Key": world["key"]}).json()[
+        "model_id"
+    ]
+    key = {"X-API-Key": world["key"]}  # health details are for the key's project only
     run_cli(env, "corrupt", "--model", str(third))
     run_cli(env, "set-model", "--slot", str(world["slot_ids"][0]), "--model", str(third))
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not httpx.get(f"{base}/inference/health").json()["load_errors"]:
+    while (
+        time.monotonic() < deadline
+        and not httpx.get(f"{base}/inference/health", headers=key).json()["load_errors"]
+    ):
         time.sleep(0.1)
     time.sleep(1.5)  # both server processes have polled by now
     for _ in range(6):
-        assert str(third) in httpx.get(f"{base}/inference/health").json()["load_errors"]
+        assert (
+            str(third) in httpx.get(f"{base}/inference/health", headers=key).json()["load_errors"]
+        )
     for _ in range(10):
         r = httpx.post(url, json={"user_id": "7"}, headers={"X-API-Key": world["key"]})
         assert r.status_code == 200 and r.json()["model_id"] == serving != third

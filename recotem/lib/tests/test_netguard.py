@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from recotem.lib.netguard import (
     UrlNotAllowed,
     check_sqlalchemy_url_allowed,
     check_url_allowed,
+    is_same_database_server,
     parse_allowed_hosts,
 )
 
@@ -124,7 +126,7 @@ def test_it_parses_the_setting() -> None:
 OWN_PG = {"ENGINE": "django.db.backends.postgresql", "NAME": "recotem", "HOST": "own-db.example"}
 
 
-def _db_refusal(url: str, allowed: list[str], own: dict[str, object] = OWN_PG) -> str:
+def _db_refusal(url: str, allowed: list[str], own: Mapping[str, object] = OWN_PG) -> str:
     with pytest.raises(UrlNotAllowed) as info:
         check_sqlalchemy_url_allowed(url, allowed_hosts=allowed, own_database=own)
     return str(info.value)
@@ -150,10 +152,114 @@ def test_it_refuses_own_database() -> None:
     assert "own database" in _db_refusal(
         "postgresql://u:p@localhost/recotem", ["localhost"], own_local
     )
-    # Same server, other database: fine.
+    # Same server, other database: refused too. (This test used to allow it; but any
+    # database on Recotem's server, /postgres or /template1 included, is reachable with the
+    # same credentials and shares the server's roles and files.)
+    for name in ("shop", "postgres", "template1", ""):
+        assert "own database" in _db_refusal(f"postgresql://u:p@own-db.example/{name}", ["*"])
+    # Unless an administrator allows the own server explicitly: then only the own name.
     check_sqlalchemy_url_allowed(
-        "postgresql://u:p@own-db.example/shop", allowed_hosts=["*"], own_database=OWN_PG
+        "postgresql://u:p@own-db.example/shop",
+        allowed_hosts=["*"],
+        own_database=OWN_PG,
+        allow_own_server=True,
     )
+    with pytest.raises(UrlNotAllowed, match="own database"):
+        check_sqlalchemy_url_allowed(
+            "postgresql://u:p@alias-of-own.example/recotem",
+            allowed_hosts=["*"],
+            own_database=OWN_PG,
+            allow_own_server=True,
+        )
+    # Another port on the same host is another server.
+    check_sqlalchemy_url_allowed(
+        "postgresql://u:p@own-db.example:5433/recotem", allowed_hosts=["*"], own_database=OWN_PG
+    )
+
+
+def test_it_treats_loopback_names_sockets_and_local_addresses_as_one_machine() -> None:
+    pg = "django.db.backends.postgresql"
+    for own_host in ("", "localhost", "127.0.0.1", "::1", "/var/run/postgresql", "0.0.0.0"):
+        for source_host in ("localhost", "127.0.0.1", "[::1]", "127.0.0.2", "0.0.0.0"):
+            assert is_same_database_server(
+                f"postgresql://u@{source_host}:5432/other",
+                own_engine=pg,
+                own_host=own_host,
+                own_port="",
+            ), (own_host, source_host)
+    assert not is_same_database_server(
+        "postgresql://u@127.0.0.1:5433/x", own_engine=pg, own_host="", own_port=5432
+    )
+    assert not is_same_database_server(
+        "postgresql://u@pg.example/x", own_engine=pg, own_host="localhost", own_port=None
+    )
+    # MySQL default port 3306 vs PostgreSQL's own 5432: different servers.
+    assert not is_same_database_server(
+        "mysql://u@127.0.0.1/x", own_engine=pg, own_host="127.0.0.1", own_port=None
+    )
+    assert is_same_database_server(
+        "mariadb://u@localhost/x",
+        own_engine="django.db.backends.mysql",
+        own_host="127.0.0.1",
+        own_port="3306",
+    )
+    # A SQLite own database has no server; an unresolvable own host counts as the same.
+    assert not is_same_database_server(
+        "postgresql://u@127.0.0.1/x",
+        own_engine="django.db.backends.sqlite3",
+        own_host="",
+        own_port="",
+    )
+    assert is_same_database_server(
+        "postgresql://u@pg.example/x", own_engine=pg, own_host="gone.example", own_port=""
+    )
+
+
+def test_it_counts_this_machines_own_interface_address_as_local(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local = _non_loopback_local_address()
+    if local is None:
+        pytest.skip("this machine has no non-loopback address")
+    FAKE_DNS["me.internal"] = [local]
+    try:
+        assert is_same_database_server(
+            "postgresql://u@me.internal/other",
+            own_engine="django.db.backends.postgresql",
+            own_host="",
+            own_port="",
+        )
+        assert "own database" in _db_refusal(
+            f"postgresql://u@{local}/other",
+            [local],
+            {"ENGINE": "django.db.backends.postgresql", "NAME": "recotem", "HOST": ""},
+        )
+    finally:
+        del FAKE_DNS["me.internal"]
+
+
+def _non_loopback_local_address() -> str | None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        address = str(info[4][0])
+        if not ipaddress.ip_address(address).is_loopback:
+            return address
+    try:
+        with open("/proc/net/fib_trie") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for previous, line in zip(lines, lines[1:], strict=False):
+        if "/32 host LOCAL" in line:
+            address = previous.split()[-1]
+            if not ipaddress.ip_address(address).is_loopback:
+                return address
+    return None
 
 
 def test_it_refuses_unlisted_private_database_hosts() -> None:

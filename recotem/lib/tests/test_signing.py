@@ -55,3 +55,42 @@ def test_it_accepts_any_matching_v1_during_secret_rotation() -> None:
     header = sign_payload(BODY, SECRET, TS) + f",v1={old}"
     assert verify_signature(BODY, header, SECRET, now=TS)
     assert verify_signature(BODY, header, b"old-secret", now=TS)
+
+
+# --- request ids ---------------------------------------------------------------------------
+
+from recotem.lib.signing import RequestTokens, ServedBy, request_token_keys  # noqa: E402
+
+SERVED = ServedBy(project_id=7, slot_id=12, model_id=345, experiment_id=3, arm="variant")
+
+
+def test_it_round_trips_a_request_id() -> None:
+    tokens = RequestTokens(request_token_keys("secret"))
+    token = tokens.sign(SERVED)
+    assert tokens.verify(token) == SERVED
+    assert len(token) < 60
+    assert tokens.sign(SERVED) != token  # a nonce makes each id distinct
+
+
+def test_it_round_trips_ids_without_slot_or_experiment() -> None:
+    tokens = RequestTokens(request_token_keys("secret"))
+    plain = ServedBy(project_id=1, slot_id=0, model_id=2, experiment_id=0, arm="")
+    assert tokens.verify(tokens.sign(plain)) == plain
+
+
+def test_it_refuses_edited_forged_and_malformed_request_ids() -> None:
+    tokens = RequestTokens(request_token_keys("secret"))
+    token = tokens.sign(SERVED)
+    parts = token.split(".")
+    edited = ".".join([*parts[:1], "8", *parts[2:]])  # another project, same MAC
+    other_arm = ".".join([*parts[:5], "c", *parts[6:]])
+    forged = RequestTokens(request_token_keys("not-the-secret")).sign(SERVED)
+    for bad in (edited, other_arm, forged, "", "abc", token + "x", "r1." * 20, "é" * 10):
+        assert tokens.verify(bad) is None, bad
+
+
+def test_it_verifies_request_ids_signed_before_a_secret_rotation() -> None:
+    old = RequestTokens(request_token_keys("old")).sign(SERVED)
+    rotated = RequestTokens(request_token_keys("new", ["old"]))
+    assert rotated.verify(old) == SERVED
+    assert RequestTokens(request_token_keys("new")).verify(old) is None

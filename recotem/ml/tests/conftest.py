@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ML100K  # the repository root's conftest: finds shared/data from a worktree too
 from recotem.ml.evaluation import EvalSpec
 from recotem.ml.split import SplitData, SplitSpec, split_interactions
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-ML100K = REPO_ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
+__all__ = ["ML100K", "REPO_ROOT"]
 
 
 def make_clustered_log(n_users: int = 120, n_items: int = 60, seed: int = 0) -> pd.DataFrame:

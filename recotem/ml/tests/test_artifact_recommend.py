@@ -124,3 +124,22 @@ def test_it_refuses_profiles_for_algorithms_without_cold_start(log: pd.DataFrame
 def test_it_rejects_bad_training_parameters(log: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="unknown parameter"):
         train_model(log, "IALS", {"n_factors": 3}, user_column="user", item_column="item")
+
+
+def test_it_resigns_an_artifact_without_changing_its_payload(blob: bytes) -> None:
+    from recotem.ml.artifact import resign_artifact, verify_artifact
+
+    new_key = b"n" * 32
+    fresh = resign_artifact(blob, keys={"k1": KEY}, key=new_key, key_id="k2")
+    assert read_key_id(fresh) == "k2"
+    assert (
+        verify_artifact(fresh, keys={"k2": new_key})[1]
+        == verify_artifact(blob, keys={"k1": KEY})[1]
+    )
+    assert load_artifact(fresh, keys={"k2": new_key}).class_name == "IALSRecommender"
+    with pytest.raises(ArtifactError, match="unknown key"):
+        load_artifact(fresh, keys={"k1": KEY})
+    forged = bytearray(blob)
+    forged[-5] ^= 0x01
+    with pytest.raises(ArtifactError, match="signature"):  # never re-signs what it cannot verify
+        resign_artifact(bytes(forged), keys={"k1": KEY}, key=new_key, key_id="k2")

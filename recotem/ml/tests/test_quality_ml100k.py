@@ -71,5 +71,5 @@ def test_it_beats_toppop_clearly_on_movielens_100k() -> None:
         return _ndcg(LoadedModel.from_fitted(fitted).recommend_batch(users, 10), test)
 
     tuned, toppop = score(result.best_class_name, result.best_params), score("TopPop", {})
-    assert result.test_metrics["ndcg"] > 0.15
+    assert result.test_metrics["ndcg@10"] > 0.15
     assert tuned > 1.7 * toppop, (tuned, toppop, result.best_class_name)

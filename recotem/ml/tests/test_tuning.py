@@ -42,7 +42,10 @@ def test_it_tunes_and_reports_validation_and_test_scores(
     result = tune(split, eval_spec, fast_spec(), progress=seen.append)
     assert [r.number for r in seen] == [r.number for r in result.trials] == [0, 1, 2, 3]
     assert result.best_score > 0
-    assert set(result.test_metrics) == {"ndcg", "map", "recall", "hit", "precision"}
+    # keyed with the cutoff: a score is only comparable with one at the same cutoff
+    assert set(result.test_metrics) == {
+        f"{m}@{result.cutoff}" for m in ("ndcg", "map", "recall", "hit", "precision")
+    }
     assert all(isinstance(v, float) for v in result.test_metrics.values())
     assert sum(r.algorithm == "TopPopRecommender" for r in result.trials) == 1
     if result.best_class_name == "IALSRecommender":

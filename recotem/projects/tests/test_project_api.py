@@ -10,7 +10,8 @@ pytestmark = pytest.mark.django_db
 
 def _create(client: APIClient, name: str = "shop", **extra: str):
     return client.post(
-        "/api/v1/project/", {"name": name, "user_column": "user_id", "item_column": "item_id", **extra}
+        "/api/v1/project/",
+        {"name": name, "user_column": "user_id", "item_column": "item_id", **extra},
     )
 
 
@@ -22,7 +23,9 @@ def test_it_creates_a_project_owned_by_the_caller(alice_client: APIClient, alice
     assert project.time_column == "ts"
 
 
-def test_it_keeps_names_unique_per_owner_only(alice_client: APIClient, bob_client: APIClient) -> None:
+def test_it_keeps_names_unique_per_owner_only(
+    alice_client: APIClient, bob_client: APIClient
+) -> None:
     assert _create(alice_client).status_code == 201
     second = _create(alice_client)
     assert second.status_code == 400
@@ -31,7 +34,9 @@ def test_it_keeps_names_unique_per_owner_only(alice_client: APIClient, bob_clien
 
 
 def test_it_rejects_equal_user_and_item_columns(alice_client: APIClient) -> None:
-    response = alice_client.post("/api/v1/project/", {"name": "x", "user_column": "id", "item_column": "id"})
+    response = alice_client.post(
+        "/api/v1/project/", {"name": "x", "user_column": "id", "item_column": "id"}
+    )
     assert response.status_code == 400
     assert "item_column" in response.json()
 
@@ -41,7 +46,9 @@ def test_it_paginates_and_filters(alice_client: APIClient) -> None:
         _create(alice_client, name=f"p{i}")
     page = alice_client.get("/api/v1/project/?page_size=2").json()
     assert page["count"] == 3 and len(page["results"]) == 2 and page["next"]
-    assert [p["name"] for p in alice_client.get("/api/v1/project/?name=p1").json()["results"]] == ["p1"]
+    assert [p["name"] for p in alice_client.get("/api/v1/project/?name=p1").json()["results"]] == [
+        "p1"
+    ]
 
 
 def test_it_serves_ping_and_the_openapi_schema(alice_client: APIClient) -> None:

@@ -14,7 +14,13 @@ from recotem.projects.models import Project, TrainingData
 pytestmark = pytest.mark.django_db
 
 
-def _upload(client: APIClient, project: Project, name: str, content: bytes, url: str = "/api/v1/training_data/"):
+def _upload(
+    client: APIClient,
+    project: Project,
+    name: str,
+    content: bytes,
+    url: str = "/api/v1/training_data/",
+):
     return client.post(
         url, {"project": project.id, "file": SimpleUploadedFile(name, content)}, format="multipart"
     )
@@ -27,7 +33,9 @@ def _stored_files(project: Project) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
-def test_it_reports_ml100k_counts(alice_client: APIClient, project: Project, ml100k_csv: Path) -> None:
+def test_it_reports_ml100k_counts(
+    alice_client: APIClient, project: Project, ml100k_csv: Path
+) -> None:
     response = _upload(alice_client, project, "ml100k.csv", ml100k_csv.read_bytes())
     assert response.status_code == 201, response.content
     body = response.json()
@@ -45,13 +53,18 @@ def test_it_gives_equal_content_the_same_fingerprint_and_any_change_a_new_one(
     changed_df = ml100k_df.copy()
     changed_df.loc[0, "item_id"] = 1  # same row count, one interaction different
     changed = changed_df.to_csv(index=False).encode()
-    prints = [_upload(alice_client, project, "d.csv", c).json()["fingerprint"] for c in (base, base, shuffled, changed)]
+    prints = [
+        _upload(alice_client, project, "d.csv", c).json()["fingerprint"]
+        for c in (base, base, shuffled, changed)
+    ]
     assert prints[0] == prints[1] == prints[2]
     assert prints[3] != prints[0]
 
 
 @pytest.mark.parametrize("name", ["d.tsv", "d.csv.gz", "d.parquet", "d.jsonl", "d.tsv.gz"])
-def test_it_accepts_every_supported_format(alice_client: APIClient, project: Project, small_csv: Path, name: str) -> None:
+def test_it_accepts_every_supported_format(
+    alice_client: APIClient, project: Project, small_csv: Path, name: str
+) -> None:
     df = pd.read_csv(small_csv)
     buffer = io.BytesIO()
     if ".parquet" in name:
@@ -80,7 +93,12 @@ def test_it_keeps_ids_as_strings(alice_client: APIClient, project: Project) -> N
 @pytest.mark.parametrize(
     ("name", "content", "status", "needle"),
     [
-        ("d.csv", b"user,item_id,timestamp\n1,2,3\n", 400, "Missing column 'user_id'. Columns found: 'user', 'item_id', 'timestamp'"),
+        (
+            "d.csv",
+            b"user,item_id,timestamp\n1,2,3\n",
+            400,
+            "Missing column 'user_id'. Columns found: 'user', 'item_id', 'timestamp'",
+        ),
         ("d.csv", b"", 400, "empty"),
         ("d.csv", b"user_id,item_id,timestamp\n", 400, "no data rows"),
         ("d.csv", b"user_id,item_id,timestamp\n\xff\xfe\x00\x81,1,2\n", 400, "UTF-8"),
@@ -102,7 +120,9 @@ def test_it_rejects_bad_files_clearly_and_leaves_nothing_behind(
     assert _stored_files(project) == []
 
 
-def test_it_refuses_files_over_the_size_limit(alice_client: APIClient, project: Project, settings) -> None:
+def test_it_refuses_files_over_the_size_limit(
+    alice_client: APIClient, project: Project, settings
+) -> None:
     settings.RECOTEM_MAX_UPLOAD_MB = 1
     content = b"user_id,item_id,timestamp\n" + b"1,2,3\n" * 200_000
     response = _upload(alice_client, project, "d.csv", content)
@@ -112,30 +132,47 @@ def test_it_refuses_files_over_the_size_limit(alice_client: APIClient, project: 
 
 
 def test_it_requires_the_project_field(alice_client: APIClient) -> None:
-    response = alice_client.post("/api/v1/training_data/", {"file": SimpleUploadedFile("d.csv", b"a,b\n1,2\n")}, format="multipart")
+    response = alice_client.post(
+        "/api/v1/training_data/",
+        {"file": SimpleUploadedFile("d.csv", b"a,b\n1,2\n")},
+        format="multipart",
+    )
     assert response.status_code == 400
     assert "project" in response.json()
 
 
-def test_it_downloads_the_original_file(alice_client: APIClient, project: Project, small_csv: Path) -> None:
+def test_it_downloads_the_original_file(
+    alice_client: APIClient, project: Project, small_csv: Path
+) -> None:
     body = _upload(alice_client, project, "small.csv", small_csv.read_bytes()).json()
     response = alice_client.get(f"/api/v1/training_data/{body['id']}/download/")
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == small_csv.read_bytes()
 
 
-def test_it_deletes_the_file_with_the_row(alice_client: APIClient, project: Project, small_csv: Path) -> None:
+def test_it_deletes_the_file_with_the_row(
+    alice_client: APIClient, project: Project, small_csv: Path
+) -> None:
     body = _upload(alice_client, project, "small.csv", small_csv.read_bytes()).json()
     assert len(_stored_files(project)) == 1
     assert alice_client.delete(f"/api/v1/training_data/{body['id']}/").status_code == 204
     assert _stored_files(project) == []
 
 
-def test_it_validates_item_metadata_against_the_item_column(alice_client: APIClient, project: Project) -> None:
-    ok = _upload(alice_client, project, "items.csv", b"item_id,title\n1,Toy Story\n2,Heat\n", "/api/v1/item_meta_data/")
+def test_it_validates_item_metadata_against_the_item_column(
+    alice_client: APIClient, project: Project
+) -> None:
+    ok = _upload(
+        alice_client,
+        project,
+        "items.csv",
+        b"item_id,title\n1,Toy Story\n2,Heat\n",
+        "/api/v1/item_meta_data/",
+    )
     assert ok.status_code == 201, ok.content
     assert ok.json()["columns"] == ["item_id", "title"]
-    bad = _upload(alice_client, project, "items.csv", b"id,title\n1,Toy Story\n", "/api/v1/item_meta_data/")
+    bad = _upload(
+        alice_client, project, "items.csv", b"id,title\n1,Toy Story\n", "/api/v1/item_meta_data/"
+    )
     assert bad.status_code == 400
     assert "item_id" in bad.json()["file"][0]
-

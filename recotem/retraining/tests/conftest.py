@@ -7,12 +7,18 @@ import pytest
 from django.core.files.base import ContentFile
 
 from recotem.projects.models import Project, TrainingData
-from recotem.tuning.models import EvaluationConfig, ModelConfiguration, SplitConfig
+from recotem.training.models import ModelConfiguration
+from recotem.tuning.models import EvaluationConfig, SplitConfig
 
 
 def make_data(project: Project, fingerprint: str = "sha256:aaa", rows: int = 10) -> TrainingData:
     data = TrainingData(
-        project=project, original_name="d.csv", filesize=1, row_count=rows, n_users=2, n_items=2,
+        project=project,
+        original_name="d.csv",
+        filesize=1,
+        row_count=rows,
+        n_users=2,
+        n_items=2,
         fingerprint=fingerprint,
     )
     data.file.save("d.csv", ContentFile(b"user_id,item_id\n1,2\n"), save=False)
@@ -20,18 +26,27 @@ def make_data(project: Project, fingerprint: str = "sha256:aaa", rows: int = 10)
     return data
 
 
-def make_model(project: Project, config: ModelConfiguration, data: TrainingData, **fields: Any) -> Any:
+def make_model(
+    project: Project, config: ModelConfiguration, data: TrainingData, **fields: Any
+) -> Any:
     from recotem.training.models import TrainedModel
 
     return TrainedModel.objects.create(
-        project=project, configuration=config, data_loc=data, status=fields.pop("status", "COMPLETED"), **fields
+        project=project,
+        configuration=config,
+        data_loc=data,
+        status=fields.pop("status", "COMPLETED"),
+        **fields,
     )
 
 
 @pytest.fixture
 def config(project: Project) -> ModelConfiguration:
     return ModelConfiguration.objects.create(
-        project=project, name="toppop", recommender_class_name="TopPopRecommender", parameters_json={}
+        project=project,
+        name="toppop",
+        recommender_class_name="TopPopRecommender",
+        parameters_json={},
     )
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from recotem.lib.signing import HEADER_NAME, verify_signature
 from recotem.projects.models import Project
-from recotem.retraining import services
+from recotem.retraining import notify, reaper, runs, schedules
 from recotem.retraining.models import RetrainingRun, RetrainingSchedule, RunStatus
 from recotem.retraining.selectors import overdue_schedules
 from recotem.retraining.tests.conftest import make_data, make_model
@@ -23,19 +23,25 @@ URL = "/api/v1/retraining_schedule/"
 
 @pytest.fixture
 def schedule(project: Project, config: Any) -> RetrainingSchedule:
-    return services.schedule_create(project=project, cron_expression="0 2 * * *", model_configuration=config)
+    return schedules.schedule_create(
+        project=project, cron_expression="0 2 * * *", model_configuration=config
+    )
 
 
 def _running(schedule: RetrainingSchedule, **fields: Any) -> RetrainingRun:
     now = timezone.now()
     defaults = {"trigger": "manual", "started_at": now, "heartbeat_at": now}
-    return RetrainingRun.objects.create(schedule=schedule, status=RunStatus.RUNNING, **{**defaults, **fields})
+    return RetrainingRun.objects.create(
+        schedule=schedule, status=RunStatus.RUNNING, **{**defaults, **fields}
+    )
 
 
 def test_it_triggers_a_run_and_refuses_an_overlapping_one(
     alice_client: Any, schedule: RetrainingSchedule, django_capture_on_commit_callbacks: Any
 ) -> None:
-    RetrainingSchedule.objects.filter(pk=schedule.pk).update(is_enabled=False)  # manual runs ignore this
+    RetrainingSchedule.objects.filter(pk=schedule.pk).update(
+        is_enabled=False
+    )  # manual runs ignore this
     response = alice_client.post(f"{URL}{schedule.pk}/trigger/", {"force": True}, format="json")
     assert response.status_code == 202, response.content
     run = RetrainingRun.objects.get(pk=response.json()["run_id"])
@@ -54,76 +60,96 @@ def test_it_rejects_a_non_boolean_force(alice_client: Any, schedule: RetrainingS
 
 
 def test_the_database_allows_one_active_run_per_schedule(schedule: RetrainingSchedule) -> None:
-    services.run_trigger(schedule=schedule, trigger="manual")
-    with pytest.raises(services.RunConflict):
-        services.run_trigger(schedule=schedule, trigger="manual")
+    runs.run_trigger(schedule=schedule, trigger="manual")
+    with pytest.raises(runs.RunConflict):
+        runs.run_trigger(schedule=schedule, trigger="manual")
 
 
-def test_a_beat_fire_during_an_active_run_records_a_skipped_run(schedule: RetrainingSchedule) -> None:
+def test_a_beat_fire_during_an_active_run_records_a_skipped_run(
+    schedule: RetrainingSchedule,
+) -> None:
     active = _running(schedule)
-    assert services.run_for_beat_fire(schedule_id=schedule.pk) is None
+    fire_at = timezone.now().replace(second=0, microsecond=0)
+    assert runs.run_for_beat_fire(schedule_id=schedule.pk, fire_at=fire_at) is None
     skipped = RetrainingRun.objects.exclude(pk=active.pk).get()
     assert skipped.status == "SKIPPED" and skipped.trigger == "schedule"
+    assert skipped.fire_at == fire_at
     assert f"Run #{active.pk}" in skipped.skip_reason and "still active" in skipped.skip_reason
 
 
-def test_the_reaper_fails_a_run_without_heartbeat_and_queues_a_retry(schedule: RetrainingSchedule) -> None:
+def test_the_reaper_fails_a_run_without_heartbeat_and_queues_a_retry(
+    schedule: RetrainingSchedule,
+) -> None:
     stale = timezone.now() - timedelta(minutes=5)
     run = _running(schedule, heartbeat_at=stale, started_at=stale)
-    report = services.runs_reap()
+    report = reaper.runs_reap()
     assert report["worker_lost"] == 1
     run.refresh_from_db()
     assert run.status == "FAILED" and run.error_message.startswith("worker lost")
     retry = RetrainingRun.objects.get(retry_of=run)
     assert (retry.status, retry.trigger, retry.attempt) == ("PENDING", "retry", 2)
-    assert retry.not_before is not None and retry.not_before > timezone.now() + timedelta(seconds=50)
+    assert retry.not_before is not None and retry.not_before > timezone.now() + timedelta(
+        seconds=50
+    )
 
 
 def test_the_reaper_enforces_the_time_limit(schedule: RetrainingSchedule) -> None:
-    run = _running(schedule, started_at=timezone.now() - timedelta(seconds=schedule.time_limit_seconds + 5))
-    assert services.runs_reap()["time_limit"] == 1
+    run = _running(
+        schedule, started_at=timezone.now() - timedelta(seconds=schedule.time_limit_seconds + 5)
+    )
+    assert reaper.runs_reap()["time_limit"] == 1
     run.refresh_from_db()
     assert run.status == "FAILED" and run.error_message.startswith("time limit")
 
 
 def test_a_healthy_run_is_left_alone(schedule: RetrainingSchedule) -> None:
     run = _running(schedule)
-    assert services.runs_reap() == {
-        "worker_lost": 0, "time_limit": 0, "resent": 0, "overdue": 0, "models_lost": 0, "tuning_jobs_lost": 0,
+    assert reaper.runs_reap() == {
+        "worker_lost": 0,
+        "time_limit": 0,
+        "cancelled": 0,
+        "resent": 0,
+        "webhooks_resent": 0,
+        "overdue": 0,
+        "models_lost": 0,
+        "tuning_jobs_lost": 0,
+        "events_deleted": 0,
     }
     run.refresh_from_db()
     assert run.status == "RUNNING"
 
 
-def test_retries_back_off_exponentially_and_stop_at_max_retries(schedule: RetrainingSchedule) -> None:
+def test_retries_back_off_exponentially_and_stop_at_max_retries(
+    schedule: RetrainingSchedule,
+) -> None:
     schedule.max_retries = 2
     schedule.save()
-    assert [services.backoff_seconds(schedule, a) for a in (1, 2, 3, 10)] == [60, 120, 240, 3600]
+    assert [runs.backoff_seconds(schedule, a) for a in (1, 2, 3, 10)] == [60, 120, 240, 3600]
     first = _running(schedule)
-    services.run_fail(run=first, message="boom", retryable=True)
+    runs.run_fail(run=first, message="boom", retryable=True)
     second = RetrainingRun.objects.get(status="PENDING")
     RetrainingRun.objects.filter(pk=second.pk).update(status="RUNNING", heartbeat_at=timezone.now())
     second.refresh_from_db()
-    services.run_fail(run=second, message="boom", retryable=True)
+    runs.run_fail(run=second, message="boom", retryable=True)
     third = RetrainingRun.objects.get(status="PENDING")
     assert third.attempt == 3 and third.retry_of_id == first.pk
     RetrainingRun.objects.filter(pk=third.pk).update(status="RUNNING", heartbeat_at=timezone.now())
     third.refresh_from_db()
-    services.run_fail(run=third, message="boom", retryable=True)
+    runs.run_fail(run=third, message="boom", retryable=True)
     assert not RetrainingRun.objects.filter(status="PENDING").exists()
     assert RetrainingRun.objects.filter(status="FAILED").count() == 3
 
 
 def test_a_non_retryable_error_is_not_retried(schedule: RetrainingSchedule) -> None:
     run = _running(schedule)
-    services.run_fail(run=run, message="no data", retryable=False)
+    runs.run_fail(run=run, message="no data", retryable=False)
     assert not RetrainingRun.objects.filter(status="PENDING").exists()
 
 
 def test_a_finished_run_cannot_be_ended_twice(schedule: RetrainingSchedule) -> None:
     run = _running(schedule)
-    assert services.run_finish(run=run, status="COMPLETED")
-    assert not services.run_fail(run=run, message="late", retryable=True)
+    assert runs.run_finish(run=run, status="COMPLETED")
+    assert not runs.run_fail(run=run, message="late", retryable=True)
     run.refresh_from_db()
     assert run.status == "COMPLETED"
 
@@ -133,11 +159,15 @@ def test_it_lists_runs_newest_first_filtered_by_schedule_and_status(
 ) -> None:
     a = RetrainingRun.objects.create(schedule=schedule, status="FAILED", trigger="manual")
     b = RetrainingRun.objects.create(schedule=schedule, status="SKIPPED", trigger="schedule")
-    c = RetrainingRun.objects.create(schedule=schedule, status="FAILED", trigger="retry", retry_of=a, attempt=2)
+    c = RetrainingRun.objects.create(
+        schedule=schedule, status="FAILED", trigger="retry", retry_of=a, attempt=2
+    )
     body = alice_client.get(f"/api/v1/retraining_run/?schedule={schedule.pk}").json()
     assert [r["id"] for r in body["results"]] == [c.pk, b.pk, a.pk]
     assert body["results"][0]["retry_of"] == a.pk and body["results"][0]["attempt"] == 2
-    assert {"data_fingerprint", "gate_decision", "incumbent_metrics", "notification"} <= set(body["results"][0])
+    assert {"data_fingerprint", "gate_decision", "incumbent_metrics", "notification"} <= set(
+        body["results"][0]
+    )
     body = alice_client.get(f"/api/v1/retraining_run/?schedule={schedule.pk}&status=FAILED").json()
     assert [r["id"] for r in body["results"]] == [c.pk, a.pk]
     assert alice_client.get("/api/v1/retraining_run/?status=NOPE").status_code == 400
@@ -186,7 +216,7 @@ def test_a_failure_posts_a_signed_webhook_with_retries(
     app.conf.task_always_eager = True  # the delivery task runs in-process
     try:
         with django_capture_on_commit_callbacks(execute=True):
-            services.run_fail(run=run, message="broken input", retryable=False)
+            runs.run_fail(run=run, message="broken input", retryable=False)
     finally:
         app.conf.task_always_eager = eager
     assert len(_Receiver.received) == 2
@@ -207,12 +237,17 @@ def test_a_failure_queues_the_webhook_instead_of_posting_inline(
     schedule.save()
     run = _running(schedule)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.run_fail(run=run, message="broken input", retryable=False)
+        runs.run_fail(run=run, message="broken input", retryable=False)
     assert _Receiver.received == []
     run.refresh_from_db()
-    assert run.notification == {"logged": True, "webhook_url": receiver, "delivered": None, "attempts": []}
+    assert run.notification == {
+        "logged": True,
+        "webhook_url": receiver,
+        "delivered": None,
+        "attempts": [],
+    }
     assert len(callbacks) == 1  # the deliver_webhook message, sent on commit
-    delivery = services.webhook_notify(
+    delivery = notify.webhook_notify(
         schedule_id=schedule.pk, payload={"event": "retraining.run.failed"}, run_id=run.pk
     )
     assert delivery is not None and delivery.delivered
@@ -226,10 +261,16 @@ def test_a_webhook_to_a_host_not_allowed_is_refused(
     alice_client: Any, project: Project, config: Any, settings: Any
 ) -> None:
     settings.RECOTEM_ALLOWED_SOURCE_HOSTS = []
-    response = alice_client.post(URL, {
-        "project": project.pk, "cron_expression": "0 2 * * *", "model_configuration": config.pk,
-        "webhook_url": "http://127.0.0.1:9/hook",
-    }, format="json")
+    response = alice_client.post(
+        URL,
+        {
+            "project": project.pk,
+            "cron_expression": "0 2 * * *",
+            "model_configuration": config.pk,
+            "webhook_url": "http://127.0.0.1:9/hook",
+        },
+        format="json",
+    )
     assert response.status_code == 400 and "webhook_url" in response.json()
 
 
@@ -242,13 +283,16 @@ def test_it_flags_an_overdue_schedule_once(schedule: RetrainingSchedule, alice_c
         from recotem.retraining.api import RetrainingScheduleSerializer
 
         assert RetrainingScheduleSerializer(schedule, context={}).data["overdue"] is True
-        assert services.runs_reap()["overdue"] == 1
-        assert services.runs_reap()["overdue"] == 0
+        # The reaper reads the database's clock, which time travel does not move: pass the time.
+        assert reaper.runs_reap(now=timezone.now())["overdue"] == 1
+        assert reaper.runs_reap(now=timezone.now())["overdue"] == 0
         RetrainingRun.objects.create(schedule=schedule, status="SKIPPED", trigger="schedule")
         assert overdue_schedules() == []
 
 
-def test_ping_reports_processes_and_overdue_count(client: Any, schedule: RetrainingSchedule) -> None:
+def test_ping_reports_processes_and_overdue_count(
+    client: Any, schedule: RetrainingSchedule
+) -> None:
     body = client.get("/api/v1/ping/").json()
     assert body["success"] and "alive" in body["worker"] and "alive" in body["beat"]
     assert body["retraining"] == {"overdue_schedules": 0}
@@ -261,9 +305,11 @@ def test_retention_keeps_newest_and_slot_models(project: Project, config: Any) -
     data = make_data(project)
     models = [make_model(project, config, data) for _ in range(6)]
     slot = DeploymentSlot.objects.create(project=project, name="main", trained_model=models[1])
-    SlotHistory.objects.create(slot=slot, trained_model=models[1], previous_model=models[0])
+    SlotHistory.objects.create(
+        slot=slot, trained_model_id=models[1].pk, previous_model_id=models[0].pk
+    )
     running = make_model(project, config, data, status="RUNNING")
-    deleted = services.models_retain(project_id=project.pk, keep=2)
+    deleted = reaper.project_retain(project_id=project.pk, keep=2)["models"]
     assert sorted(deleted) == sorted(m.pk for m in models[2:4])
     remaining = set(TrainedModel.objects.values_list("pk", flat=True))
     assert remaining == {models[0].pk, models[1].pk, models[4].pk, models[5].pk, running.pk}

@@ -12,19 +12,26 @@ from recotem.lib import cron
 from recotem.projects.models import Project
 from recotem.projects.services import project_delete
 from recotem.retraining.models import RetrainingRun, RetrainingSchedule
-from recotem.retraining.services import schedule_reconcile
+from recotem.retraining.schedules import schedule_reconcile
 from recotem.retraining.tests.conftest import make_data, make_model
-from recotem.tuning.models import ModelConfiguration
+from recotem.training.models import ModelConfiguration
 
 URL = "/api/v1/retraining_schedule/"
 
 
 def _create(client: Any, project: Project, config: ModelConfiguration, **extra: Any) -> Any:
-    body = {"project": project.pk, "cron_expression": "0 2 * * 0", "model_configuration": config.pk, **extra}
+    body = {
+        "project": project.pk,
+        "cron_expression": "0 2 * * 0",
+        "model_configuration": config.pk,
+        **extra,
+    }
     return client.post(URL, body, format="json")
 
 
-def test_it_creates_a_schedule_and_its_beat_rows(alice_client: Any, project: Project, config: Any) -> None:
+def test_it_creates_a_schedule_and_its_beat_rows(
+    alice_client: Any, project: Project, config: Any
+) -> None:
     response = _create(alice_client, project, config, timezone="Asia/Tokyo")
     assert response.status_code == 201, response.content
     body = response.json()
@@ -32,8 +39,14 @@ def test_it_creates_a_schedule_and_its_beat_rows(alice_client: Any, project: Pro
     assert len(body["next_runs"]) == 5
     assert body["next_run_at"] == body["next_runs"][0]
     first = datetime.fromisoformat(body["next_runs"][0])
-    assert first.utcoffset().total_seconds() == 9 * 3600 and first.hour == 2 and first.weekday() == 6
-    assert body["max_retries"] == 3 and body["gate_tolerance"] == 0.02 and body["retry_backoff_seconds"] == 60
+    assert (
+        first.utcoffset().total_seconds() == 9 * 3600 and first.hour == 2 and first.weekday() == 6
+    )
+    assert (
+        body["max_retries"] == 3
+        and body["gate_tolerance"] == 0.02
+        and body["retry_backoff_seconds"] == 60
+    )
     assert len(body["webhook_secret"]) == 64
     task = PeriodicTask.objects.get(name=f"recotem-retrain-{body['id']}")
     assert task.task == "recotem.retraining.tasks.run_retraining"
@@ -44,7 +57,9 @@ def test_it_creates_a_schedule_and_its_beat_rows(alice_client: Any, project: Pro
     assert RetrainingSchedule.objects.get(pk=body["id"]).periodic_task_id == task.pk
 
 
-def test_it_normalises_sunday_seven_to_zero(alice_client: Any, project: Project, config: Any) -> None:
+def test_it_normalises_sunday_seven_to_zero(
+    alice_client: Any, project: Project, config: Any
+) -> None:
     response = _create(alice_client, project, config, cron_expression="30 4 * * 7")
     assert response.status_code == 201, response.content
     assert response.json()["cron_expression"] == "30 4 * * 0"
@@ -74,10 +89,18 @@ def test_it_rejects_invalid_values(
 def test_it_requires_configs_for_retune_and_a_configuration_otherwise(
     alice_client: Any, project: Project, config: Any, split: Any
 ) -> None:
-    response = alice_client.post(URL, {"project": project.pk, "cron_expression": "0 2 * * *"}, format="json")
+    response = alice_client.post(
+        URL, {"project": project.pk, "cron_expression": "0 2 * * *"}, format="json"
+    )
     assert response.status_code == 400 and "model_configuration" in response.json()
     response = alice_client.post(
-        URL, {"project": project.pk, "cron_expression": "0 2 * * *", "retune": True, "split_config": split.pk},
+        URL,
+        {
+            "project": project.pk,
+            "cron_expression": "0 2 * * *",
+            "retune": True,
+            "split_config": split.pk,
+        },
         format="json",
     )
     assert response.status_code == 400 and set(response.json()) == {"evaluation_config"}
@@ -87,7 +110,9 @@ def test_it_refuses_references_to_other_users_objects(
     alice_client: Any, bob: Any, project: Project, config: Any
 ) -> None:
     bobs = Project.objects.create(owner=bob, name="b", user_column="u", item_column="i")
-    bobs_config = ModelConfiguration.objects.create(project=bobs, name="x", recommender_class_name="TopPopRecommender")
+    bobs_config = ModelConfiguration.objects.create(
+        project=bobs, name="x", recommender_class_name="TopPopRecommender"
+    )
     response = _create(alice_client, project, bobs_config)
     assert response.status_code == 400 and "model_configuration" in response.json()
     response = _create(alice_client, bobs, config)
@@ -103,7 +128,9 @@ def test_it_refuses_objects_of_another_project_of_the_same_owner(
     assert response.json()["model_configuration"] == ["Must belong to the same project."]
 
 
-def test_it_allows_one_schedule_per_project(alice_client: Any, project: Project, config: Any) -> None:
+def test_it_allows_one_schedule_per_project(
+    alice_client: Any, project: Project, config: Any
+) -> None:
     assert _create(alice_client, project, config).status_code == 201
     response = _create(alice_client, project, config)
     assert response.status_code == 400 and "already has" in response.json()["project"][0]
@@ -120,7 +147,10 @@ def test_it_refuses_auto_deploy_with_several_active_slots_and_no_target(
     b = DeploymentSlot.objects.create(project=project, name="b", trained_model=model, weight=50)
     response = _create(alice_client, project, config, auto_deploy=True)
     assert response.status_code == 400 and "2 active slots" in response.json()["deploy_slot"][0]
-    assert _create(alice_client, project, config, auto_deploy=True, deploy_slot=b.pk).status_code == 201
+    assert (
+        _create(alice_client, project, config, auto_deploy=True, deploy_slot=b.pk).status_code
+        == 201
+    )
 
 
 def test_it_removes_the_beat_rows_when_disabled_and_restores_them(
@@ -131,7 +161,9 @@ def test_it_removes_the_beat_rows_when_disabled_and_restores_them(
     assert response.status_code == 200 and response.json()["next_runs"] == []
     assert not PeriodicTask.objects.filter(name=f"recotem-retrain-{sid}").exists()
     assert not CrontabSchedule.objects.filter(hour="2", day_of_week="0").exists()
-    alice_client.patch(f"{URL}{sid}/", {"is_enabled": True, "cron_expression": "*/5 * * * *"}, format="json")
+    alice_client.patch(
+        f"{URL}{sid}/", {"is_enabled": True, "cron_expression": "*/5 * * * *"}, format="json"
+    )
     assert PeriodicTask.objects.get(name=f"recotem-retrain-{sid}").crontab.minute == "*/5"
 
 
@@ -147,7 +179,9 @@ def test_it_removes_the_beat_rows_when_the_schedule_or_project_is_deleted(
     assert not CrontabSchedule.objects.exists()
 
 
-def test_it_reconciles_drift_in_both_directions(alice_client: Any, project: Project, config: Any) -> None:
+def test_it_reconciles_drift_in_both_directions(
+    alice_client: Any, project: Project, config: Any
+) -> None:
     sid = _create(alice_client, project, config, timezone="Europe/Berlin").json()["id"]
     PeriodicTask.objects.filter(name=f"recotem-retrain-{sid}").delete()
     orphan_cron = CrontabSchedule.objects.create(minute="1")
@@ -168,10 +202,14 @@ def test_it_reconciles_drift_in_both_directions(alice_client: Any, project: Proj
 def test_it_previews_exactly_the_times_of_the_cron_library(
     alice_client: Any, project: Project, config: Any
 ) -> None:
-    body = _create(alice_client, project, config, cron_expression="15 9 * * 1-5", timezone="Asia/Tokyo").json()
+    body = _create(
+        alice_client, project, config, cron_expression="15 9 * * 1-5", timezone="Asia/Tokyo"
+    ).json()
     expected = cron.next_runs("15 9 * * 1-5", "Asia/Tokyo", n=5, after=datetime.now(UTC))
     assert [datetime.fromisoformat(x) for x in body["next_runs"]] == expected
-    assert all(d.tzinfo is not None and d.astimezone(ZoneInfo("Asia/Tokyo")).hour == 9 for d in expected)
+    assert all(
+        d.tzinfo is not None and d.astimezone(ZoneInfo("Asia/Tokyo")).hour == 9 for d in expected
+    )
 
 
 def test_other_users_cannot_see_or_trigger_a_schedule(
@@ -182,3 +220,31 @@ def test_other_users_cannot_see_or_trigger_a_schedule(
     assert bob_client.post(f"{URL}{sid}/trigger/", {}, format="json").status_code == 404
     assert bob_client.get(URL).json()["count"] == 0
     assert not RetrainingRun.objects.exists()
+
+
+def test_it_shows_the_webhook_secret_only_on_create_and_rotation(
+    alice_client: Any, project: Project, config: Any
+) -> None:
+    from recotem.accounts.services import api_key_create
+
+    created = _create(alice_client, project, config)
+    secret = created.json()["webhook_secret"]
+    assert "no-store" in created["Cache-Control"]
+    sid = created.json()["id"]
+    assert "webhook_secret" not in alice_client.get(f"{URL}{sid}/").json()
+    assert all("webhook_secret" not in s for s in alice_client.get(URL).json()["results"])
+    patched = alice_client.patch(f"{URL}{sid}/", {"webhook_secret": "mine"}, format="json")
+    assert "webhook_secret" not in patched.json()
+    assert RetrainingSchedule.objects.get(pk=sid).webhook_secret == secret  # not writable
+    _, raw = api_key_create(project=project, name="r", scopes=["read"])
+    from rest_framework.test import APIClient
+
+    reader = APIClient()
+    reader.credentials(HTTP_X_API_KEY=raw)
+    assert "webhook_secret" not in reader.get(f"{URL}{sid}/").json()
+    rotated = alice_client.post(f"{URL}{sid}/rotate_webhook_secret/")
+    assert rotated.status_code == 200 and "no-store" in rotated["Cache-Control"]
+    fresh = rotated.json()["webhook_secret"]
+    assert len(fresh) == 64 and fresh != secret
+    assert RetrainingSchedule.objects.get(pk=sid).webhook_secret == fresh
+    assert reader.post(f"{URL}{sid}/rotate_webhook_secret/").status_code == 403  # needs write

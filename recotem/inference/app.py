@@ -9,9 +9,9 @@ Design (why it is fast and safe):
   assignment: requests in flight finish on the old model, the next ones use the new one.
 - A model that fails to load (bad signature, missing file) is logged, counted and shown in
   /health; its slot keeps serving the model it served before.
-- Known users are answered from each model's precomputed top-K (recotem.ml.recommend); the
-  serialized item list is memoised per (model, user, cutoff) in one LRU per process bounded in
-  bytes (RECOTEM_INFERENCE_CACHE_MB, recotem.inference.cache), for cutoffs the top-K covers.
+- Known users are answered from each model's top-K, kept from a user's first request on
+  (recotem.ml.recommend); the serialized item list is memoised per (model, user, cutoff) in
+  one LRU per process bounded in bytes (RECOTEM_INFERENCE_CACHE_MB, recotem.inference.cache), for cutoffs the top-K covers.
 - A key of another project is told exactly what a missing object tells (404): ids of other
   tenants cannot be probed. /health without credentials says only {"status"}; its details
   (model ids, load errors) need an API key (its project's only) or RECOTEM_METRICS_TOKEN, which
@@ -396,6 +396,10 @@ class InferenceApp:
             self.last_full_sync = now
             self.metrics.gauges["routing_version"] = version
         self.metrics.gauges["answer_cache_bytes"] = self.memo.bytes
+        # Users whose top-K a loaded model keeps: it grows with traffic after a deploy.
+        self.metrics.gauges["topk_users"] = sum(
+            int(getattr(served.loaded, "kept_top_users", 0)) for served in self.models.values()
+        )
         if now - self.last_flush > LAST_USED_FLUSH:
             await self._flush_last_used()
 

@@ -2,7 +2,7 @@
 
 Every loaded model shares it (``RECOTEM_INFERENCE_CACHE_MB``), so neither many models nor
 many distinct (user, cutoff) pairs can grow a process past the budget: the least recently used
-answers are dropped first. Only answers the model can give from its precomputed top-K are
+answers are dropped first. Only answers the model can give from its kept top-K are
 worth keeping (``cutoff <= precompute_k``); anything else is computed per request anyway.
 """
 

@@ -160,7 +160,7 @@ def touch_keys(key_ids: list[int]) -> None:
 
 def load_model(meta: ModelMeta) -> LoadedModel:
     """Read the artifact through the storage API (and this machine's cache on S3), verify its
-    signature, precompute top-K."""
+    signature; each user's top-K is computed on first request, not here."""
     _fresh()
     start = time.perf_counter()
     payload = read_stored(meta.file_name)

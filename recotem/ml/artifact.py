@@ -159,8 +159,8 @@ def load_artifact(
     keys: dict[str, bytes],
     precompute_k: int | None = None,
 ) -> LoadedModel:
-    """Verify and load an artifact; precompute top-``precompute_k`` lists (0: skip; None:
-    ``recommend.DEFAULT_PRECOMPUTE_K``).
+    """Verify and load an artifact that keeps each user's top-``precompute_k`` list from the
+    user's first request on (0: never; None: ``recommend.DEFAULT_PRECOMPUTE_K``).
 
     ``keys`` maps key ids to secrets (old keys stay listed during rotation).
     Raises ArtifactError for wrong magic, unknown format version, unknown
@@ -193,5 +193,5 @@ def load_artifact(
     if precompute_k is None:
         precompute_k = DEFAULT_PRECOMPUTE_K
     if precompute_k > 0:
-        model.precompute(precompute_k)
+        model.keep_top(precompute_k)
     return model

@@ -1,15 +1,21 @@
 """Serving a fitted model: known users, batches and ad-hoc profiles.
 
 Speed matters here more than anywhere else in the engine (STACK-FACTS:
-scoring per request costs two thirds of a bare endpoint's throughput).  So at
-load time every known user's top ``precompute_k`` items are computed once,
-block by block, and kept as two compact numpy arrays (item index int32,
-score float64; 943 users x 50 is ~0.6 MB).  A request with ``cutoff <=
-precompute_k`` is then an array lookup, even with item filters as long as
-enough of the precomputed items survive them: filtering a list that is sorted
-by score keeps the true top items among the allowed ones.  Anything else
-(larger cutoffs, filters that remove too much) takes the live path, which
-scores with the recommender and selects with ``argpartition``.
+scoring per request costs two thirds of a bare endpoint's throughput).  So a
+user's top ``precompute_k`` unseen items are computed the first time the user
+is asked for and kept in two compact numpy arrays (item index int32, score
+float64; 12 bytes per user and rank).  Later requests with ``cutoff <=
+precompute_k`` are an array lookup, even with item filters as long as enough
+of the kept items survive them: filtering a list that is sorted by score keeps
+the true top items among the allowed ones.  Anything else (larger cutoffs,
+filters that remove too much) takes the live path, which scores with the
+recommender and selects with ``argpartition``.
+
+Computing on first request rather than for every user at load time matters at
+scale: on 5 M interactions (83 k users) the eager pass took over a minute,
+during which a freshly deployed model could not answer, and most users of a
+large catalogue are never asked for between two deploys.  The arrays are
+allocated zeroed, so the pages of users never asked for cost no memory.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ class LoadedModel:
     """A servable model: the fitted recommender with its id order and metadata.
 
     Build it with :func:`recotem.ml.artifact.load_artifact` or
-    :meth:`from_fitted`; call :meth:`precompute` once before serving (the
-    artifact loader does).
+    :meth:`from_fitted`; call :meth:`keep_top` once before serving (the
+    artifact loader does), or :meth:`precompute` to fill every user at once.
     """
 
     recommender: BaseRecommender
@@ -81,6 +87,7 @@ class LoadedModel:
         self._top_items: np.ndarray | None = None
         self._top_scores: np.ndarray | None = None
         self._top_len: np.ndarray | None = None
+        self._top_known: np.ndarray | None = None
         self.precompute_k = 0
 
     @classmethod
@@ -99,28 +106,45 @@ class LoadedModel:
 
     # -- precomputed fast path ------------------------------------------------
 
-    def precompute(self, k: int = DEFAULT_PRECOMPUTE_K) -> None:
-        """Compute every known user's top-``k`` unseen items once.
+    def keep_top(self, k: int = DEFAULT_PRECOMPUTE_K) -> None:
+        """Keep each user's top-``k`` unseen items from the user's first request on.
 
-        Memory is ``n_users * k * 12`` bytes; time is one pass of the model's
-        own scoring in blocks of 1,024 users (ml-100k IALS: ~20 ms).
+        Memory is at most ``n_users * k * 12`` bytes, touched only for users asked for.
         """
         n_users, n_items = len(self.user_ids), len(self.item_ids)
         k = max(0, min(k, n_items))
-        top_items = np.zeros((n_users, k), dtype=np.int32)
-        top_scores = np.zeros((n_users, k), dtype=np.float64)
-        top_len = np.zeros(n_users, dtype=np.int32)
-        for begin in range(0, n_users, _BLOCK):
-            end = min(begin + _BLOCK, n_users)
-            scores = self._scores_remove_seen(np.arange(begin, end))
+        self._top_items = np.zeros((n_users, k), dtype=np.int32)
+        self._top_scores = np.zeros((n_users, k), dtype=np.float64)
+        self._top_len = np.zeros(n_users, dtype=np.int32)
+        self._top_known = np.zeros(n_users, dtype=bool)
+        self.precompute_k = k
+
+    def precompute(self, k: int = DEFAULT_PRECOMPUTE_K) -> None:
+        """Compute every known user's top-``k`` unseen items now, in blocks of 1,024 users."""
+        self.keep_top(k)
+        self._fill_top(np.arange(len(self.user_ids)))
+
+    @property
+    def kept_top_users(self) -> int:
+        """How many users' top lists are kept (asked for since load, or all after precompute)."""
+        return 0 if self._top_known is None else int(self._top_known.sum())
+
+    def _fill_top(self, rows: np.ndarray) -> None:
+        """Compute and keep the top lists of those ``rows`` not kept yet."""
+        assert self._top_known is not None and self._top_items is not None
+        assert self._top_scores is not None and self._top_len is not None
+        missing = np.unique(rows[~self._top_known[rows]])
+        k = self.precompute_k
+        for begin in range(0, len(missing), _BLOCK):
+            block = missing[begin : begin + _BLOCK]
+            scores = self._scores_remove_seen(block)
             idx = _top_indices(scores, k)
             vals = np.take_along_axis(scores, idx, axis=1)
             finite = np.isfinite(vals)
-            top_items[begin:end] = idx
-            top_scores[begin:end] = np.where(finite, vals, 0.0)
-            top_len[begin:end] = finite.sum(axis=1)
-        self._top_items, self._top_scores, self._top_len = top_items, top_scores, top_len
-        self.precompute_k = k
+            self._top_items[block] = idx
+            self._top_scores[block] = np.where(finite, vals, 0.0)
+            self._top_len[block] = finite.sum(axis=1)
+            self._top_known[block] = True
 
     def _from_precomputed(
         self,
@@ -133,6 +157,9 @@ class LoadedModel:
         if self._top_items is None or cutoff > self.precompute_k:
             return None
         assert self._top_scores is not None and self._top_len is not None
+        assert self._top_known is not None
+        if not self._top_known[row]:
+            self._fill_top(np.asarray([row], dtype=np.int64))
         n = int(self._top_len[row])
         items = self._top_items[row, :n]
         scores = self._top_scores[row, :n]
@@ -234,13 +261,19 @@ class LoadedModel:
     ) -> dict[str, Recommendation]:
         """``{user_id: recommendations}``; unknown users map to ``[]``.
 
-        Users the precomputed lists cannot answer are scored together in one
+        Users the kept top lists cannot answer are scored together in one
         vectorised call per 1,024 users.
         """
         if cutoff < 1:
             raise ValueError("cutoff must be at least 1")
         result: dict[str, Recommendation] = {}
         live: list[tuple[str, int]] = []
+        if self._top_known is not None and cutoff <= self.precompute_k:
+            # Users asked for the first time are scored together, not one by one.
+            index = self._user_index
+            first = [index[u] for u in map(str, user_ids) if u in index]
+            if first:
+                self._fill_top(np.asarray(first, dtype=np.int64))
         for raw in user_ids:
             uid = str(raw)
             row = self._user_index.get(uid)

@@ -395,6 +395,9 @@ def test_it_reports_health_and_metrics(client: Any, world: dict[str, Any]) -> No
         'recotem_inference_request_duration_seconds_bucket{endpoint="project",le="+Inf"} 2' in text
     )
     assert 'recotem_inference_model_loads_total{result="ok"} 1' in text
+    client.poll()  # gauges are refreshed by the poller
+    # Only user 1 was asked for, so only user 1's top-K is kept (none computed at load).
+    assert "recotem_inference_topk_users 1\n" in client.get("/inference/metrics").text
 
 
 def test_it_records_last_used_at_in_batches(client: Any, world: dict[str, Any]) -> None:

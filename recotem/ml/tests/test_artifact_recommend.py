@@ -97,6 +97,33 @@ def test_it_gives_the_same_answer_on_fast_and_live_paths(fitted: FittedModel) ->
     assert set(i for i, _ in fast.recommend("u0", 10, allowed_item_ids=allowed)) <= set(allowed)
 
 
+def _same(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
+    """Same items in the same order; scores equal up to float32 rounding (one user scored
+    alone and the same user scored in a block go through different BLAS kernels)."""
+    return [i for i, _ in a] == [i for i, _ in b] and [s for _, s in a] == pytest.approx(
+        [s for _, s in b], rel=1e-5
+    )
+
+
+def test_it_keeps_a_users_top_list_from_their_first_request_on(fitted: FittedModel) -> None:
+    eager = LoadedModel.from_fitted(fitted)
+    eager.precompute(15)
+    lazy = LoadedModel.from_fitted(fitted)
+    lazy.keep_top(15)
+    assert (eager.kept_top_users, lazy.kept_top_users) == (len(fitted.user_ids), 0)
+    for user in ("u0", "u7"):
+        assert _same(lazy.recommend(user, 10), eager.recommend(user, 10))
+    assert lazy.kept_top_users == 2
+    users = ["u1", "u2", "u7", "nobody"]
+    lazy_batch, eager_batch = lazy.recommend_batch(users, 10), eager.recommend_batch(users, 10)
+    assert lazy_batch["nobody"] == [] and all(_same(lazy_batch[u], eager_batch[u]) for u in users)
+    assert lazy.kept_top_users == 4  # the two new users in one pass; "nobody" is not a row
+    assert _same(
+        lazy.recommend("u1", 10, excluded_item_ids=["i3"]),
+        eager.recommend("u1", 10, excluded_item_ids=["i3"]),
+    )
+
+
 def test_it_recommends_for_a_profile_without_the_profile_items(fitted: FittedModel) -> None:
     model = LoadedModel.from_fitted(fitted)
     profile = ["i0", "i1", "i2", "unknown-item"]

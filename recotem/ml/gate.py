@@ -41,7 +41,7 @@ import contextlib
 import io
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,7 @@ import scipy.sparse as sps
 from irspack.recommenders import BaseRecommender
 from scipy import stats
 
-from .evaluation import EvalSpec
+from .evaluation import EvalSpec, make_evaluator, metrics_of
 from .registry import canonical_name, recommender_class, validate_parameters
 from .split import SplitSpec, split_interactions
 
@@ -80,10 +80,16 @@ class GateReport:
     floor: float | None
     reason: str
     passed: bool
+    # The candidate's full metric family on the same holdout (``"ndcg@10"``…), when asked for:
+    # the model's test metrics, so that its holdout is not fitted a second time.
+    candidate_metrics: dict[str, float] | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe values (floats, ints, str, bool, None) under exactly the field names."""
-        return asdict(self)
+        """Plain JSON-safe values (floats, ints, str, bool, None) under exactly the field names
+        of the decision (``candidate_metrics`` is not part of it: it is stored on the model)."""
+        values = asdict(self)
+        del values["candidate_metrics"]
+        return values
 
 
 # --------------------------------------------------------------------------- configurations
@@ -340,6 +346,7 @@ def gate_compare(
     item_column: str,
     time_column: str | None = None,
     confidence: float = 0.95,
+    with_candidate_metrics: bool = False,
 ) -> GateReport:
     """Refit candidate, incumbent and TopPop on one split of ``df`` and decide (see module doc).
 
@@ -348,6 +355,8 @@ def gate_compare(
     Raises ValueError for bad settings (negative tolerance, confidence outside (0, 1)) or
     parameters and for data too small to split.
     Cost: up to three fits on the training part (models that coincide are fitted once).
+    ``with_candidate_metrics`` adds the candidate's ndcg/map/recall/hit/precision at the cutoff
+    (irspack's Evaluator on the same held-out users) to the report, for one more scoring pass.
     """
     evaluation.validate()
     if tolerance < 0 or not 0.0 < confidence < 1.0:
@@ -363,8 +372,10 @@ def gate_compare(
     label = f"{metric}@{evaluation.cutoff}"
 
     fitted: dict[str, FloatArray] = {}
+    candidate_metrics: dict[str, float] | None = None
 
-    def scores(config: tuple[str, Mapping[str, Any] | None]) -> FloatArray:
+    def scores(config: tuple[str, Mapping[str, Any] | None], *, family: bool = False) -> FloatArray:
+        nonlocal candidate_metrics
         name = canonical_name(config[0])
         key = repr((name, sorted(resolved_configuration(name, config[1]).items())))
         if key not in fitted:
@@ -372,14 +383,18 @@ def gate_compare(
             fitted[key] = per_user_metric(
                 rec, truth, offset=offset, cutoff=evaluation.cutoff, metric=metric
             )
+            if family:
+                evaluator = make_evaluator(truth, offset=offset, spec=evaluation)
+                candidate_metrics = metrics_of(evaluator, rec)
         return fitted[key]
 
     same = same_configuration(candidate, incumbent)
-    return decide(
-        scores(candidate),
+    report = decide(
+        scores(candidate, family=with_candidate_metrics),
         None if same else scores(incumbent),
         scores((FLOOR_CLASS, {})),
         metric=label,
         tolerance=tolerance,
         confidence=confidence,
     )
+    return replace(report, candidate_metrics=candidate_metrics)

@@ -33,7 +33,11 @@ from recotem.retraining.models import RetrainingRun, RetrainingSchedule, RunStat
 from recotem.retraining.reaper import fail_run_children, project_retain
 from recotem.retraining.runs import RunCancelled, RunError, RunFenced
 from recotem.training.models import TrainedModel
-from recotem.training.services import trained_model_create, trained_model_train
+from recotem.training.services import (
+    trained_model_create,
+    trained_model_record_metrics,
+    trained_model_train,
+)
 from recotem.tuning.services import split_spec_of, tuning_job_create, tuning_job_run
 
 if TYPE_CHECKING:
@@ -281,7 +285,11 @@ def _pipeline(run: RetrainingRun, watch: _Watch, timings: dict[str, Any]) -> Non
             assert configuration is not None
             trained = trained_model_create(configuration=configuration, data=data, enqueue=False)
             runs.run_save(run, trained_model=trained)
-            trained = trained_model_train(trained_model_id=trained.pk)
+            # With auto-deploy the gate fits this configuration on a holdout anyway: its
+            # scores become the model's test metrics instead of a second holdout fit here.
+            trained = trained_model_train(
+                trained_model_id=trained.pk, evaluate=not schedule.auto_deploy
+            )
             watch.checkpoint()
             if trained.status != JobStatus.COMPLETED:
                 raise RunError(
@@ -395,9 +403,15 @@ def _gate_and_deploy(
             split=_split_spec(schedule),
             evaluation=spec,
             tolerance=schedule.gate_tolerance,
+            with_candidate_metrics=not trained.test_metrics,
             **schedule.project.columns,
         )
         del df
+        if report.candidate_metrics:
+            trained_model_record_metrics(
+                trained_model_id=trained.pk, test_metrics=report.candidate_metrics
+            )
+            runs.run_save(run, metrics=report.candidate_metrics)
         gate = report.as_dict()
         passed = bool(gate.pop("passed"))
         if incumbent is None:

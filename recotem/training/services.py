@@ -124,12 +124,14 @@ def _holdout_metrics(df: pd.DataFrame, model: TrainedModel, timer: PhaseTimer) -
         return metrics_of(evaluator, fitted.recommender)
 
 
-def trained_model_train(*, trained_model_id: int) -> TrainedModel:
+def trained_model_train(*, trained_model_id: int, evaluate: bool = True) -> TrainedModel:
     """Fit a model synchronously: PENDING -> RUNNING -> COMPLETED | FAILED.
 
-    Steps: claim the row (PENDING only); read the data; compute holdout test metrics unless
-    already set (a tuning job sets them from its own split); fit on all interactions; write the
-    signed artifact through the storage API; record size, metrics, version, time, fingerprint.
+    Steps: claim the row (PENDING only); read the data; fit on all interactions; write the
+    signed artifact through the storage API; record size, version, time, fingerprint; then
+    compute holdout test metrics unless already set (a tuning job sets them from its own split)
+    or ``evaluate`` is off (a retraining run's gate fits the same configuration on a holdout
+    anyway and records its scores with :func:`trained_model_record_metrics`).
     Only one caller claims a PENDING row: a duplicated message, or a RUNNING row whose worker
     died (the reaper fails those), is returned as it is without work. Any error ends in FAILED.
     A Celery soft time limit is recorded as FAILED and re-raised so the caller stops too.
@@ -156,14 +158,16 @@ def trained_model_train(*, trained_model_id: int) -> TrainedModel:
     TrainedModel.objects.filter(pk=model.pk).update(
         class_name=model.class_name, parameters=model.parameters
     )
-    task_log(
-        project_id=model.project_id,
-        trained_model_id=model.pk,
-        contents=f"Training {model.class_name} {model.parameters} on data #{model.data_loc_id}.",
-    )
+    # Everything after the claim is inside the try: a time limit that strikes even while the
+    # first log line is written still ends the row FAILED instead of leaving it RUNNING.
     try:
+        task_log(
+            project_id=model.project_id,
+            trained_model_id=model.pk,
+            contents=f"Training {model.class_name} {model.parameters} on data #{model.data_loc_id}.",
+        )
         with Heartbeat.of_row(TrainedModel, trained_model_id, name=f"model-{trained_model_id}"):
-            _train(model)
+            _train(model, evaluate=evaluate)
     except SoftTimeLimitExceeded:
         _fail_model(
             model, "time limit: the task's time limit was reached during training.", tb=False
@@ -220,7 +224,15 @@ def _fail_model(model: TrainedModel, message: str, *, tb: bool) -> bool:
     return False
 
 
-def _train(model: TrainedModel) -> None:
+def trained_model_record_metrics(*, trained_model_id: int, test_metrics: dict[str, float]) -> bool:
+    """Give a COMPLETED model without test metrics the ones measured elsewhere (the gate)."""
+    updated = TrainedModel.objects.filter(
+        pk=trained_model_id, status=JobStatus.COMPLETED, test_metrics={}
+    ).update(test_metrics=test_metrics)
+    return bool(updated)
+
+
+def _train(model: TrainedModel, *, evaluate: bool = True) -> None:
     """Read, fit on all interactions, save; then, if no metrics came with the model, evaluate.
 
     The holdout evaluation is a second fit of the same size, so it runs *after* the model is
@@ -271,7 +283,7 @@ def _train(model: TrainedModel) -> None:
     if not stored:
         return
     TrainedModel.objects.filter(pk=model.pk).update(timings=timer.as_dict())
-    if not test_metrics:
+    if not test_metrics and evaluate:
         try:
             test_metrics = _holdout_metrics(df, model, timer)
         except ValueError as exc:  # too little data for a holdout: the model stands, say why
@@ -286,11 +298,12 @@ def _train(model: TrainedModel) -> None:
             test_metrics=test_metrics, timings=timer.as_dict()
         )
     del df
+    metrics_note = test_metrics if test_metrics or evaluate else "left to the retraining gate"
     task_log(
         project_id=project.pk,
         trained_model_id=model.pk,
         contents=f"Trained in {training_time:.2f} s; artifact {size} bytes; "
-        f"test metrics {test_metrics}. Timings: {describe(timer.as_dict())}.",
+        f"test metrics {metrics_note}. Timings: {describe(timer.as_dict())}.",
     )
 
 

@@ -162,12 +162,20 @@ def test_it_passes_identical_configurations_refitted(log: pd.DataFrame) -> None:
         tolerance=0.0,
         user_column="user",
         item_column="item",
+        with_candidate_metrics=True,
     )
     assert via_gate.passed, via_gate.reason
     assert via_gate.incumbent_score is None and via_gate.ci_low is None
     assert via_gate.candidate_score == pytest.approx(report.candidate_score)
     assert via_gate.floor == pytest.approx(report.floor)
     assert set(via_gate.as_dict()) == REPORT_KEYS
+    # The candidate's test metrics come from the same fit: irspack's aggregate over the same
+    # held-out users is the mean of the per-user values the gate decided on.
+    assert via_gate.candidate_metrics is not None
+    assert set(via_gate.candidate_metrics) == {
+        f"{m}@5" for m in ("ndcg", "map", "recall", "hit", "precision")
+    }
+    assert via_gate.candidate_metrics["ndcg@5"] == pytest.approx(via_gate.candidate_score)
 
 
 def test_it_fails_the_floor_when_the_candidate_is_toppop(log: pd.DataFrame) -> None:

@@ -82,6 +82,11 @@ def test_it_deploys_equal_models_every_time_and_rejects_a_worse_one(
     assert first.trained_model is not None
     assert first.timings["model"] == first.trained_model.timings
     assert set(first.timings["model"]) >= {"read", "matrix", "fit", "save"}
+    # Evaluated once: the gate's holdout fit of the candidate gives the model its test
+    # metrics, so training fits no holdout of its own (no "evaluate" phase).
+    assert "evaluate" not in first.timings["model"]
+    assert first.trained_model.test_metrics == first.metrics
+    assert first.metrics["ndcg@10"] == pytest.approx(first.gate_report["candidate_score"])
 
     second = _run(schedule)
     assert second.status == "SKIPPED" and f"run #{first.pk}" in second.skip_reason

@@ -22,6 +22,14 @@ irspack's splitter orders item columns by ``list(set(ids))``; for strings that
 order depends on the process' hash seed, which would make the random holdout
 itself differ between processes.  We therefore hand irspack integer codes
 (whose set order is stable) and map the result back to our sorted id order.
+
+``RG`` does not go through irspack's DataFrame function: at 20 M interactions
+its pandas steps (de-duplication, ``isin``, categorical encoding) took ~47 s
+per split. :func:`_random_userwise_split` makes the same random draws in the
+same order on the interaction matrix we already have (user shuffles, then
+irspack's own row-wise holdout for the validation and then the test users),
+so the split is identical to irspack's - a test checks it against
+:func:`_userwise_split`, which still serves ``TU``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sps
 from irspack import split_dataframe_partial_user_holdout
+from irspack.utils import rowwise_train_test_split
 
 from .matrix import InteractionMatrix, build_interaction_matrix_with_codes, codes_to_csr
 
@@ -166,6 +175,9 @@ def split_interactions(
     im, u_codes, i_codes = build_interaction_matrix_with_codes(
         df, user_column=user_column, item_column=item_column
     )
+    if spec.scheme == "RG":
+        role, held_part = _random_userwise_split(im.X, spec)
+        return _assemble(im, role, held_part)
     coded = pd.DataFrame({"u": u_codes, "i": i_codes})
     if spec.scheme in ("TG", "TU"):
         assert time_column is not None
@@ -182,7 +194,7 @@ def split_interactions(
         role, heldout = _global_time_split(coded, spec, n_users)
     else:
         role, heldout = _userwise_split(coded, spec, n_users)
-    return _assemble(im, coded, role, heldout)
+    return _assemble(im, role, _held_matrix(im, coded, heldout))
 
 
 def _time_values(col: pd.Series) -> np.ndarray:
@@ -204,11 +216,8 @@ def _n_users(ratio: float, n: int | None, n_all: int) -> int:
     return int(n) if n is not None else int(n_all * ratio)
 
 
-def _userwise_split(
-    coded: pd.DataFrame, spec: SplitSpec, n_users: int
-) -> tuple[np.ndarray, pd.Series]:
-    """RG/TU through irspack; returns per-user role (0 train, 1 val, 2 test) and
-    a boolean "held out" flag per row of ``coded``."""
+def _evaluation_user_counts(spec: SplitSpec, n_users: int) -> tuple[int, int]:
+    """(validation users, test users) of a per-user split; ValueError if they do not fit."""
     n_val = _n_users(spec.effective_val_ratio, spec.n_val_users, n_users)
     n_test = _n_users(spec.test_user_ratio, spec.n_test_users, n_users)
     if n_val < 1:
@@ -220,6 +229,62 @@ def _userwise_split(
         raise ValueError(
             f"{n_val} validation + {n_test} test users exceed the {n_users} users in the data"
         )
+    return n_val, n_test
+
+
+def _random_userwise_split(X: sps.csr_matrix, spec: SplitSpec) -> tuple[np.ndarray, sps.csr_matrix]:
+    """RG on the binary interaction matrix: per-user role (0 train, 1 val, 2 test) and the
+    held-out part as a matrix of the same shape.
+
+    Replays :func:`irspack.split_dataframe_partial_user_holdout` draw for draw, given users
+    in code order and the item columns it would use: one ``RandomState(seed)`` shuffles the
+    users (the first ``n_val + n_test`` evaluate), shuffles those again (the first
+    ``n_test`` test), then seeds irspack's row-wise holdout once for the validation users
+    and once for the test users, each in ascending user order.
+    """
+    n_users, n_items = X.shape
+    n_val, n_test = _evaluation_user_counts(spec, n_users)
+    rns = np.random.RandomState(spec.random_seed)
+    users = np.arange(n_users, dtype=np.int64)
+    rns.shuffle(users)
+    evaluated = users[: n_val + n_test]
+    # irspack keeps its default test_user_ratio (0.1) when given user counts, and splits off
+    # test users only when that ratio times the users reaches one.
+    if 0.1 * n_users >= 1:
+        rns.shuffle(evaluated)
+        val_users, test_users = evaluated[n_test:], evaluated[:n_test]
+    else:
+        val_users, test_users = evaluated, evaluated[:0]
+    # irspack's item columns are list(set(item codes)).
+    columns = np.asarray(list(set(np.unique(X.indices).tolist())), dtype=np.int64)
+    role = np.zeros(n_users, dtype=np.int8)
+    held_rows: list[np.ndarray] = []
+    held_cols: list[np.ndarray] = []
+    for group, code in ((val_users, 1), (test_users, 2)):
+        rows = np.sort(group)
+        role[rows] = code
+        part = X[rows][:, columns].tocsr()
+        part.sort_indices()
+        _, held = rowwise_train_test_split(
+            part,
+            test_ratio=spec.heldout_ratio,
+            n_test=spec.n_heldout,
+            random_state=rns,
+        )
+        pairs = sps.coo_matrix(held)
+        held_rows.append(rows[pairs.row])
+        held_cols.append(columns[pairs.col])
+    r = np.concatenate(held_rows) if held_rows else np.empty(0, dtype=np.int64)
+    c = np.concatenate(held_cols) if held_cols else np.empty(0, dtype=np.int64)
+    return role, codes_to_csr(r, c, n_users, n_items) if r.size else sps.csr_matrix(X.shape)
+
+
+def _userwise_split(
+    coded: pd.DataFrame, spec: SplitSpec, n_users: int
+) -> tuple[np.ndarray, pd.Series]:
+    """RG/TU through irspack; returns per-user role (0 train, 1 val, 2 test) and
+    a boolean "held out" flag per row of ``coded``."""
+    n_val, n_test = _evaluation_user_counts(spec, n_users)
     # Users in sorted order so the shuffle below depends on the seed only.
     coded = coded.sort_values(["u", "i"], kind="mergesort")
     parts, item_codes = split_dataframe_partial_user_holdout(
@@ -280,17 +345,18 @@ def _global_time_split(
     return role, heldout
 
 
-def _assemble(
-    im: InteractionMatrix, coded: pd.DataFrame, role: np.ndarray, heldout: pd.Series
-) -> SplitData:
-    n_users, n_items = im.n_users, im.n_items
-    u = coded["u"].to_numpy()
-    i = coded["i"].to_numpy()
+def _held_matrix(im: InteractionMatrix, coded: pd.DataFrame, heldout: pd.Series) -> sps.csr_matrix:
+    """The held-out rows of ``coded`` as a binary matrix shaped like ``im``."""
     h = heldout.reindex(coded.index).to_numpy(dtype=bool)
-    train_part = codes_to_csr(u[~h], i[~h], n_users, n_items)
-    held_part = codes_to_csr(u[h], i[h], n_users, n_items)
-    full = train_part + held_part
+    return codes_to_csr(coded["u"].to_numpy()[h], coded["i"].to_numpy()[h], im.n_users, im.n_items)
+
+
+def _assemble(im: InteractionMatrix, role: np.ndarray, held_part: sps.csr_matrix) -> SplitData:
+    full = im.X.copy()
     full.data[:] = 1.0
+    train_part = (full - held_part).tocsr()
+    train_part.eliminate_zeros()
+    train_part.sort_indices()
 
     train_u = np.flatnonzero(role == 0)
     val_u = np.flatnonzero(role == 1)

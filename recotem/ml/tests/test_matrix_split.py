@@ -2,9 +2,17 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import scipy.sparse as sps
 
-from recotem.ml.matrix import build_interaction_matrix
-from recotem.ml.split import SplitSpec, split_interactions
+from recotem.ml.matrix import build_interaction_matrix, build_interaction_matrix_with_codes
+from recotem.ml.split import (
+    SplitData,
+    SplitSpec,
+    _assemble,
+    _held_matrix,
+    _userwise_split,
+    split_interactions,
+)
 
 
 def test_it_counts_duplicates_once_and_sorts_ids() -> None:
@@ -78,3 +86,55 @@ def test_it_splits_the_same_way_for_the_same_seed(log: pd.DataFrame) -> None:
     )
     assert (a.val_truth != b.val_truth).nnz == 0
     assert (a.tune_train != b.tune_train).nnz == 0
+
+
+def _through_irspack(df: pd.DataFrame, spec: SplitSpec) -> SplitData:
+    """RG the way it used to run: irspack's DataFrame function on de-duplicated codes."""
+    im, u_codes, i_codes = build_interaction_matrix_with_codes(
+        df, user_column="user", item_column="item"
+    )
+    coded = pd.DataFrame({"u": u_codes, "i": i_codes}).drop_duplicates(["u", "i"])
+    role, heldout = _userwise_split(coded, spec, im.n_users)
+    return _assemble(im, role, _held_matrix(im, coded, heldout))
+
+
+def _same_matrix(a: sps.csr_matrix | None, b: sps.csr_matrix | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and (a != b).nnz == 0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SplitSpec(),
+        SplitSpec(heldout_ratio=0.3, test_user_ratio=0.4, random_seed=7),
+        SplitSpec(n_heldout=2, n_val_users=50, n_test_users=30, random_seed=3),
+        SplitSpec(heldout_ratio=0.5, test_user_ratio=0.0, val_user_ratio=0.2),
+        SplitSpec(heldout_ratio=0.2, test_user_ratio=0.5, val_user_ratio=0.5),
+    ],
+)
+def test_the_matrix_rg_split_is_irspacks_draw_for_draw(
+    ml100k_df: pd.DataFrame, spec: SplitSpec
+) -> None:
+    """The fast RG path must hold out exactly what irspack's function holds out, so scores,
+    tuning results and gate decisions do not move when the implementation does."""
+    df = ml100k_df.rename(columns={"user_id": "user", "item_id": "item"})
+    df = pd.concat([df, df.head(500)])  # repeated pairs count once in both
+    fast = split_interactions(df, spec, user_column="user", item_column="item")
+    slow = _through_irspack(df, spec)
+    assert fast.val_offset == slow.val_offset and fast.test_offset == slow.test_offset
+    for name in ("X_all", "tune_train", "val_truth", "test_train", "test_truth"):
+        assert _same_matrix(getattr(fast, name), getattr(slow, name)), name
+    assert fast.val_truth.nnz > 0
+
+
+def test_the_matrix_rg_split_matches_irspack_on_string_ids_and_few_users() -> None:
+    rows = [(f"user-{u}", f"item {(u * 7 + k) % 23}") for u in range(9) for k in range(1 + u % 5)]
+    df = pd.DataFrame(rows, columns=["user", "item"])
+    # 9 users: irspack splits off no test users below ten (0.1 x users < 1).
+    spec = SplitSpec(heldout_ratio=0.5, n_val_users=3, n_test_users=2)
+    fast = split_interactions(df, spec, user_column="user", item_column="item")
+    slow = _through_irspack(df, spec)
+    for name in ("X_all", "tune_train", "val_truth", "test_train", "test_truth"):
+        assert _same_matrix(getattr(fast, name), getattr(slow, name)), name

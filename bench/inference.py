@@ -82,6 +82,8 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, flo
         "p50": p50 / 1000,
         "p99": p99 / 1000,
         "errors": status_errors + socket_errors,
+        "status_errors": status_errors,  # non-2xx answers
+        "socket_errors": socket_errors,  # connect/read/write errors and wrk's 2 s timeouts
     }
 
 

@@ -831,6 +831,11 @@ class InferenceApp:
         if len({c.slot_id for c in chosen}) <= 1:
             slot = chosen[0] if chosen else route.pick(None)
             return await self.answer("batch", slot.served, payload, slot)
+        by_model: dict[int, tuple[Served, list[str]]] = {}
+        for uid, slot in zip(user_ids, chosen, strict=True):
+            by_model.setdefault(slot.served.model_id, (slot.served, []))[1].append(uid)
+        for served, users in by_model.values():
+            served.loaded.warm(users, cutoff)  # first-time users scored together, per model
         results = []
         for uid, slot in zip(user_ids, chosen, strict=True):
             try:
@@ -913,6 +918,7 @@ class InferenceApp:
             return b'{"items":' + orjson.dumps(_items(recs, meta, fields)) + tail
         if kind == "batch":
             user_ids = self._batch_users(payload, cutoff)
+            loaded.warm(user_ids, cutoff)  # first-time users scored together
             results = []
             for uid in user_ids:
                 try:

@@ -22,6 +22,7 @@ signatures), so a tampered cache file is refused like a tampered object.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -33,6 +34,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 _TEMP_PREFIX = ".part-"
+_WRITERS_LOCK = ".writers.lock"
+# errno values of a file system that has no hard links.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 # A temp file this old was left by a process that died mid-download.
 _STALE_TEMP_SECONDS = 3600
 
@@ -98,12 +102,26 @@ class FileCache:
             # Link, never replace: a reader holding a lock on the file at ``path`` must find
             # that same file there until it lets go, or eviction could delete a replacement
             # under it. If another process got there first, its bytes are the same object's.
-            with suppress(FileExistsError):
+            try:
                 os.link(temp, path)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                self._rename_if_absent(temp, path)
         finally:
             with suppress(FileNotFoundError):
                 os.unlink(temp)
         self.evict(keep=path)
+
+    def _rename_if_absent(self, temp: str, path: Path) -> None:
+        """Where hard links do not exist (SMB, FAT, some FUSE mounts): rename, but only onto a
+        free name, checked and done under one lock all writers take, so nothing is replaced."""
+        with open(self.root / _WRITERS_LOCK, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if not path.exists():
+                os.rename(temp, path)
 
     def entries(self) -> list[tuple[Path, os.stat_result]]:
         """Cached files (not temp files), least recently used first."""
@@ -114,6 +132,8 @@ class FileCache:
                 try:
                     stat = entry.stat()
                 except FileNotFoundError:
+                    continue
+                if entry.name == _WRITERS_LOCK:
                     continue
                 if entry.name.startswith(_TEMP_PREFIX):
                     if now - stat.st_mtime > _STALE_TEMP_SECONDS:

@@ -356,7 +356,8 @@ def gate_compare(
     parameters and for data too small to split.
     Cost: up to three fits on the training part (models that coincide are fitted once).
     ``with_candidate_metrics`` adds the candidate's ndcg/map/recall/hit/precision at the cutoff
-    (irspack's Evaluator on the same held-out users) to the report, for one more scoring pass.
+    and at 10 (irspack's Evaluator on the same held-out test users) to the report, for one or
+    two more scoring passes; none when the split has no test users.
     """
     evaluation.validate()
     if tolerance < 0 or not 0.0 < confidence < 1.0:
@@ -384,13 +385,20 @@ def gate_compare(
                 rec, truth, offset=offset, cutoff=evaluation.cutoff, metric=metric
             )
             if family:
-                evaluator = make_evaluator(truth, offset=offset, spec=evaluation)
-                candidate_metrics = metrics_of(evaluator, rec)
+                # Test metrics are comparable across models at the default cutoff (10), so
+                # they are stored at 10 as well as at the gate's own cutoff.
+                candidate_metrics = {}
+                for cutoff in sorted({EvalSpec().cutoff, evaluation.cutoff}):
+                    spec = EvalSpec(cutoff=cutoff, target_metric=evaluation.target_metric)
+                    evaluator = make_evaluator(truth, offset=offset, spec=spec)
+                    candidate_metrics.update(metrics_of(evaluator, rec))
         return fitted[key]
 
     same = same_configuration(candidate, incumbent)
+    # Validation users (a split without test users) are no test score: no metrics then.
+    family = with_candidate_metrics and data.test_truth is not None
     report = decide(
-        scores(candidate, family=with_candidate_metrics),
+        scores(candidate, family=family),
         None if same else scores(incumbent),
         scores((FLOOR_CLASS, {})),
         metric=label,

@@ -288,7 +288,7 @@ def _pipeline(run: RetrainingRun, watch: _Watch, timings: dict[str, Any]) -> Non
             # With auto-deploy the gate fits this configuration on a holdout anyway: its
             # scores become the model's test metrics instead of a second holdout fit here.
             trained = trained_model_train(
-                trained_model_id=trained.pk, evaluate=not schedule.auto_deploy
+                trained_model_id=trained.pk, evaluate=not _gate_gives_test_metrics(schedule)
             )
             watch.checkpoint()
             if trained.status != JobStatus.COMPLETED:
@@ -407,10 +407,9 @@ def _gate_and_deploy(
             **schedule.project.columns,
         )
         del df
-        if report.candidate_metrics:
-            trained_model_record_metrics(
-                trained_model_id=trained.pk, test_metrics=report.candidate_metrics
-            )
+        if report.candidate_metrics and trained_model_record_metrics(
+            trained_model_id=trained.pk, test_metrics=report.candidate_metrics
+        ):
             runs.run_save(run, metrics=report.candidate_metrics)
         gate = report.as_dict()
         passed = bool(gate.pop("passed"))
@@ -497,6 +496,17 @@ def _gate_and_deploy(
     runs.run_save(run, stage="deploy")
     if not runs.run_finish(run=run, status=RunStatus.COMPLETED, on_finish=deploy):
         raise RunFenced(f"run #{run.pk} was ended before it could deploy")
+
+
+def _gate_gives_test_metrics(schedule: RetrainingSchedule) -> bool:
+    """Whether the gate will score the candidate on test users (it scores validation users
+    when the split has none, and those are no test score)."""
+    if not schedule.auto_deploy:
+        return False
+    spec = _split_spec(schedule)
+    return (
+        (spec.n_test_users or 0) > 0 if spec.n_test_users is not None else spec.test_user_ratio > 0
+    )
 
 
 def _split_spec(schedule: RetrainingSchedule) -> SplitSpec:

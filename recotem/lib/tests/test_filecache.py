@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import time
@@ -11,6 +12,7 @@ from typing import BinaryIO
 
 import pytest
 
+from recotem.lib import filecache
 from recotem.lib.filecache import FileCache
 
 KB = 1024
@@ -127,6 +129,22 @@ def test_a_second_download_never_pulls_a_held_file_from_under_its_reader(tmp_pat
         with b.local("other", _writer(b"o" * 4 * KB)):  # past the bound: evicts what is unused
             pass
         assert a_path[0].read_bytes() == data
+
+
+def test_without_hard_links_it_still_never_replaces_a_held_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SMB, FAT and some FUSE mounts refuse link(2); the cache then renames onto free names only."""
+
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(filecache.os, "link", no_links)
+    test_a_second_download_never_pulls_a_held_file_from_under_its_reader(tmp_path)
+    cache = FileCache(tmp_path / "c", 4 * KB)
+    with cache.local("k", _writer(b"x")) as path:  # a hit: nothing fetched
+        assert path.read_bytes() == b"1" * 4 * KB
+    assert not [n for n in os.listdir(tmp_path / "c") if n.startswith(".part-")]
 
 
 def _hammer(root: str, worker: int, rounds: int) -> list[str]:

@@ -118,6 +118,10 @@ def test_it_keeps_a_users_top_list_from_their_first_request_on(fitted: FittedMod
     lazy_batch, eager_batch = lazy.recommend_batch(users, 10), eager.recommend_batch(users, 10)
     assert lazy_batch["nobody"] == [] and all(_same(lazy_batch[u], eager_batch[u]) for u in users)
     assert lazy.kept_top_users == 4  # the two new users in one pass; "nobody" is not a row
+    lazy.warm(["u5", "u6", "nobody"], 10)  # what the batch endpoint does before its loop
+    assert lazy.kept_top_users == 6
+    lazy.warm(["u8"], 16)  # beyond the kept 15: answered live, nothing to keep
+    assert lazy.kept_top_users == 6
     assert _same(
         lazy.recommend("u1", 10, excluded_item_ids=["i3"]),
         eager.recommend("u1", 10, excluded_item_ids=["i3"]),

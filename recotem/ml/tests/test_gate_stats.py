@@ -171,11 +171,25 @@ def test_it_passes_identical_configurations_refitted(log: pd.DataFrame) -> None:
     assert set(via_gate.as_dict()) == REPORT_KEYS
     # The candidate's test metrics come from the same fit: irspack's aggregate over the same
     # held-out users is the mean of the per-user values the gate decided on.
+    # Stored at the gate's cutoff and at 10, where every model's test metrics meet.
     assert via_gate.candidate_metrics is not None
     assert set(via_gate.candidate_metrics) == {
-        f"{m}@5" for m in ("ndcg", "map", "recall", "hit", "precision")
+        f"{m}@{k}" for m in ("ndcg", "map", "recall", "hit", "precision") for k in (5, 10)
     }
     assert via_gate.candidate_metrics["ndcg@5"] == pytest.approx(via_gate.candidate_score)
+    # A split without test users is scored on validation users: that is no test score.
+    on_validation = gate_compare(
+        log,
+        candidate=("IALS", params),
+        incumbent=("IALS", params),
+        split=SplitSpec(heldout_ratio=0.3, test_user_ratio=0.0, val_user_ratio=0.4),
+        evaluation=EvalSpec(cutoff=5),
+        tolerance=0.0,
+        user_column="user",
+        item_column="item",
+        with_candidate_metrics=True,
+    )
+    assert on_validation.candidate_metrics is None and on_validation.n_eval_users > 0
 
 
 def test_it_fails_the_floor_when_the_candidate_is_toppop(log: pd.DataFrame) -> None:

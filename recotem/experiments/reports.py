@@ -11,7 +11,6 @@ from django.db.models.functions import TruncDate
 
 from recotem.core.jobs import db_now
 from recotem.experiments.models import Event, Experiment
-from recotem.lib import abtest
 
 PANEL_DAYS = 30
 ARMS = ("control", "variant")  # Event.arm of an experiment's two slots
@@ -83,6 +82,8 @@ def experiment_timeline(experiment: Experiment) -> list[TimelinePoint]:
     rest in memory. Every point is always valid on its own: the interval covers the true
     difference at every day simultaneously, so the curve may be read however often.
     """
+    from recotem.lib import abtest  # numpy: loaded where a timeline is drawn, not at start
+
     arms: dict[str, tuple[dict[str, date], dict[str, date]]] = {}
     for arm in ARMS:
         shown = _first_days(experiment.pk, arm, Q(event_type="impression"))

@@ -29,7 +29,6 @@ from recotem.experiments.validation import (
     clean_events,
     experiment_errors,
 )
-from recotem.lib import abtest
 from recotem.projects.models import Project
 
 _EVENT_COLUMNS = (
@@ -406,6 +405,8 @@ def experiment_results(experiment: Experiment) -> ExperimentResults:
     experiment only while it runs, so every counted event belongs to the experiment's run.
     Statistics: ``recotem.lib.abtest`` (mSPRT, valid however often anyone looks).
     """
+    from recotem.lib import abtest  # numpy: loaded where results are asked for, not by beat
+
     users = _distinct_users(experiment.pk, IMPRESSION)
     converted = _converted_users(experiment.pk, experiment.metric)
     n_c, n_v = users.get("control", 0), users.get("variant", 0)

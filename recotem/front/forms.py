@@ -13,6 +13,7 @@ from django.db.models import Model
 from recotem.accounts.models import ApiKey
 from recotem.core.jobs import JobStatus
 from recotem.deployment.models import DeploymentSlot
+from recotem.ml.catalogue import DEFAULT_ALGORITHMS, available_recommenders
 from recotem.projects.models import Project, TrainingData
 from recotem.projects.validation import (
     MAX_WINDOW_DAYS,
@@ -237,14 +238,10 @@ class EvaluationConfigForm(ProjectScopedForm[EvaluationConfig]):
 
 
 def _algorithm_choices() -> list[tuple[str, str]]:
-    from recotem.ml.registry import available_recommenders
-
     return [(n, n.removesuffix("Recommender")) for n in available_recommenders()]
 
 
 def _default_algorithms() -> list[str]:
-    from recotem.ml.tuning import DEFAULT_ALGORITHMS
-
     return list(DEFAULT_ALGORITHMS)
 
 

@@ -51,6 +51,7 @@ from irspack import Evaluator
 from irspack.optimization import Optimizer
 from irspack.recommenders import BaseRecommender
 
+from .catalogue import DEFAULT_ALGORITHMS
 from .evaluation import EvalSpec, make_evaluator, metrics_of
 from .registry import (
     accepted_parameters,
@@ -78,12 +79,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALGORITHMS: tuple[str, ...] = (
-    "IALSRecommender",
-    "RP3betaRecommender",
-    "CosineKNNRecommender",
-    "TopPopRecommender",
-)
 ATTR_ALGORITHM = "recotem_algorithm"
 ATTR_PARAMS = "recotem_params"
 ATTR_ERROR = "recotem_error"

@@ -20,6 +20,7 @@ from recotem.core.api import (
     current_value,
 )
 from recotem.core.exceptions import ApplicationError
+from recotem.ml.catalogue import available_recommenders
 from recotem.projects.models import Project, TrainingData
 from recotem.training import services
 from recotem.training.models import ModelConfiguration, TrainedModel
@@ -82,8 +83,6 @@ class ModelConfigurationViewSet(OwnedModelViewSet[ModelConfiguration]):
     @action(detail=False, methods=["get"], pagination_class=None, filterset_class=None)
     def recommenders(self, request: Request) -> Response:
         """The irspack recommender classes installed here (valid `recommender_class_name`s)."""
-        from recotem.ml.registry import available_recommenders
-
         return Response({"recommenders": available_recommenders()})
 
 

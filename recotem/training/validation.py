@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from recotem.core.validation import Errors
+from recotem.ml.catalogue import canonical_name, validate_parameters
 from recotem.training.models import ModelConfiguration
 
 
@@ -21,8 +22,6 @@ def validate_model_configuration(
 
     Returns the normalised `recommender_class_name` and `parameters_json`.
     """
-    from recotem.ml.registry import canonical_name, validate_parameters
-
     errors = Errors()
     if name and project is not None:
         clash = ModelConfiguration.objects.filter(project=project, name=name)

@@ -36,6 +36,8 @@ from django.db.models.functions import Now
 from recotem.core import jobs
 from recotem.core.jobs import Heartbeat, JobStatus, StopWhenEnded, task_log, transition
 from recotem.core.ownership import check_same_project
+from recotem.ml.catalogue import DEFAULT_ALGORITHMS
+from recotem.ml.splitspec import SplitSpec, split_spec_from_config
 from recotem.ml.timing import PhaseTimer, describe
 from recotem.projects.models import Project, TrainingData
 from recotem.projects.selectors import read_training_data
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     import optuna
 
     from recotem.ml.evaluation import EvalSpec
-    from recotem.ml.split import SplitData, SplitSpec
+    from recotem.ml.split import SplitData
     from recotem.ml.tuning import TrialRecord, TuningSpec
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,6 @@ logger = logging.getLogger(__name__)
 
 def split_spec_of(split: SplitConfig) -> SplitSpec:
     """The engine split of a split config (the one mapping: `split_spec_from_config`)."""
-    from recotem.ml.split import split_spec_from_config
-
     return split_spec_from_config(**split.settings)
 
 
@@ -98,8 +98,6 @@ def tuning_job_create(
     enqueue: bool = True,
 ) -> ParameterTuningJob:
     """Validate and create a PENDING job; `run_tuning_job` is sent on commit when `enqueue`."""
-    from recotem.ml.tuning import DEFAULT_ALGORITHMS
-
     check_same_project(
         project.pk,
         data=data,

@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 
 from recotem.core.exceptions import InvalidInput
 from recotem.core.validation import MAX_TIMEOUT_SECONDS, RANDOM_SEED, Errors
+from recotem.ml.catalogue import UnknownRecommenderError, canonical_name
 
 SPLIT_N_HELDOUT = (1, 1_000_000)
 SPLIT_N_TEST_USERS = (1, 100_000_000)
@@ -55,7 +56,7 @@ def validate_split_config(
     random_seed: int,
 ) -> None:
     """Ranges, the engine's own SplitSpec check, and "TG/TU need the project's time column"."""
-    from recotem.ml.split import split_spec_from_config
+    from recotem.ml.splitspec import split_spec_from_config
 
     errors = Errors()
     errors.float_in(
@@ -122,8 +123,6 @@ def validate_evaluation_config(*, cutoff: int) -> None:
 
 def validate_algorithms(names: Any, *, field: str = "tried_algorithms") -> list[str]:
     """Canonical irspack class names, deduplicated in order, or a field error naming the bad one."""
-    from recotem.ml.registry import UnknownRecommenderError, canonical_name
-
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise InvalidInput({field: ["Must be a list of algorithm names."]})
     result: list[str] = []

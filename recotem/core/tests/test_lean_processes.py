@@ -30,7 +30,7 @@ from recotem.testing.processes import (
 pytestmark = pytest.mark.integration
 
 ML_STACK = {"irspack", "numba", "scipy", "optuna"}
-DATA_STACK = {"pandas", "pyarrow"}
+DATA_STACK = {"numpy", "pandas", "pyarrow"}
 PASSWORD = "lean-pass-123"
 
 
@@ -115,6 +115,72 @@ def _synthetic_csv(path: Path, rows: int) -> tuple[int, int, int]:
     return rows, len(np.unique(users)), len(np.unique(items))
 
 
+def _use_the_algorithm_catalogue(client: httpx.Client, base: str, project: int, data: int) -> None:
+    """All the web does with algorithms short of serving: list them, check configurations
+    (refused and accepted), queue a tuning job, render the forms that offer them."""
+    names = client.get("/api/v1/model_configuration/recommenders/").json()["recommenders"]
+    assert "IALSRecommender" in names and "TopPopRecommender" in names
+    refused = client.post(
+        "/api/v1/model_configuration/",
+        json={
+            "project": project,
+            "name": "typo",
+            "recommender_class_name": "IALS",
+            "parameters_json": {"n_component": 8},
+        },
+    )
+    assert refused.status_code == 400, refused.text
+    assert "n_component: unknown parameter" in refused.json()["parameters_json"][0]
+    accepted = client.post(
+        "/api/v1/model_configuration/",
+        json={
+            "project": project,
+            "name": "ials",
+            "recommender_class_name": "IALS",
+            "parameters_json": {"n_components": "8"},
+        },
+    )
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["parameters_json"] == {"n_components": 8}
+    split = client.post("/api/v1/split_config/", json={"project": project, "scheme": "RG"})
+    evaluation = client.post("/api/v1/evaluation_config/", json={"project": project, "cutoff": 10})
+    job = client.post(
+        "/api/v1/parameter_tuning_job/",
+        json={
+            "data": data,
+            "split": split.json()["id"],
+            "evaluation": evaluation.json()["id"],
+            "n_trials": 2,
+            "tried_algorithms": ["IALS", "TopPop"],
+        },
+    )
+    assert job.status_code == 201, job.text
+    unknown = client.post(
+        "/api/v1/parameter_tuning_job/",
+        json={
+            "data": data,
+            "split": split.json()["id"],
+            "evaluation": evaluation.json()["id"],
+            "tried_algorithms": ["DeepMagic"],
+        },
+    )
+    assert unknown.status_code == 400 and "DeepMagic" in unknown.text, unknown.text
+    with httpx.Client(base_url=base, timeout=60) as browser:
+        browser.get("/login/")
+        signed_in = browser.post(
+            "/login/",
+            data={
+                "username": "admin",
+                "password": PASSWORD,
+                "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+            },
+        )
+        assert signed_in.status_code == 302, signed_in.text[:300]
+        for page in ("tuning", "models"):
+            html = browser.get(f"/projects/{project}/{page}/")
+            assert html.status_code == 200 and "IALS" in html.text, (page, html.status_code)
+
+
 def test_it_keeps_the_web_process_lean_through_a_50_mb_upload(tmp_path: Path) -> None:
     csv = tmp_path / "big.csv"
     rows, n_users, n_items = _synthetic_csv(csv, 2_800_000)
@@ -168,6 +234,10 @@ def test_it_keeps_the_web_process_lean_through_a_50_mb_upload(tmp_path: Path) ->
             )
         assert refused.status_code == 400, refused.text
         assert "user_id" in refused.text
+
+        _use_the_algorithm_catalogue(client, base, project["id"], body["id"])
+        assert not (_modules(web.pid, tmp_path / "modules") & ML_STACK)
+        assert not (_mapped_packages(web.pid) & ML_STACK)
 
         # The /inference/ mount is still there; its first request loads the ML stack.
         assert client.get("/inference/health").status_code == 200

@@ -347,6 +347,7 @@ def gate_compare(
     time_column: str | None = None,
     confidence: float = 0.95,
     with_candidate_metrics: bool = False,
+    candidate_scores: npt.ArrayLike | None = None,
 ) -> GateReport:
     """Refit candidate, incumbent and TopPop on one split of ``df`` and decide (see module doc).
 
@@ -358,6 +359,10 @@ def gate_compare(
     ``with_candidate_metrics`` adds the candidate's ndcg/map/recall/hit/precision at the cutoff
     and at 10 (irspack's Evaluator on the same held-out test users) to the report, for one or
     two more scoring passes; none when the split has no test users.
+    ``candidate_scores`` are the candidate's per-user scores on this split's test users from an
+    earlier fit of the same configuration on the same training part (a tuning job's test
+    refit): the candidate is then not fitted again. They are used only when the split has test
+    users and there is one score per evaluated user; otherwise the candidate is fitted.
     """
     evaluation.validate()
     if tolerance < 0 or not 0.0 < confidence < 1.0:
@@ -377,10 +382,9 @@ def gate_compare(
 
     def scores(config: tuple[str, Mapping[str, Any] | None], *, family: bool = False) -> FloatArray:
         nonlocal candidate_metrics
-        name = canonical_name(config[0])
-        key = repr((name, sorted(resolved_configuration(name, config[1]).items())))
+        key = _key(config)
         if key not in fitted:
-            rec = _fit(X, name, config[1])
+            rec = _fit(X, config[0], config[1])
             fitted[key] = per_user_metric(
                 rec, truth, offset=offset, cutoff=evaluation.cutoff, metric=metric
             )
@@ -394,9 +398,15 @@ def gate_compare(
                     candidate_metrics.update(metrics_of(evaluator, rec))
         return fitted[key]
 
+    reused = False
+    if candidate_scores is not None and data.test_truth is not None:
+        given = np.asarray(candidate_scores, dtype=np.float64)
+        if given.shape == (_evaluated_users(truth),):
+            fitted[_key(candidate)] = given
+            reused = True
     same = same_configuration(candidate, incumbent)
     # Validation users (a split without test users) are no test score: no metrics then.
-    family = with_candidate_metrics and data.test_truth is not None
+    family = with_candidate_metrics and data.test_truth is not None and not reused
     report = decide(
         scores(candidate, family=family),
         None if same else scores(incumbent),
@@ -405,4 +415,21 @@ def gate_compare(
         tolerance=tolerance,
         confidence=confidence,
     )
+    if reused:
+        report = replace(
+            report,
+            reason=report.reason + " The candidate's scores come from its tuning job's test refit "
+            "on these same users (same split and configuration): it was not fitted again.",
+        )
     return replace(report, candidate_metrics=candidate_metrics)
+
+
+def _key(config: tuple[str, Mapping[str, Any] | None]) -> str:
+    """One key per distinct model: configurations that :func:`same_configuration` equates."""
+    name = canonical_name(config[0])
+    return repr((name, sorted(resolved_configuration(name, config[1]).items())))
+
+
+def _evaluated_users(truth: sps.csr_matrix) -> int:
+    """Users :func:`per_user_metric` scores: those with at least one held-out interaction."""
+    return int((np.diff(sps.csr_matrix(truth).indptr) > 0).sum())

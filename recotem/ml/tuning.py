@@ -53,6 +53,7 @@ from irspack.recommenders import BaseRecommender
 
 from .catalogue import DEFAULT_ALGORITHMS
 from .evaluation import EvalSpec, make_evaluator, metrics_of
+from .gate import FloatArray, per_user_metric
 from .registry import (
     accepted_parameters,
     available_recommenders,
@@ -167,7 +168,9 @@ class TuningResult:
     (fixed parameters and learnt ``train_epochs`` merged back).
     ``best_score`` is the validation score the search optimised (optimistic);
     ``test_metrics`` score the best configuration on test users the search never
-    saw (empty if the split has no test users).
+    saw (empty if the split has no test users); ``test_scores`` are the same fit's
+    per-user ``target_metric@cutoff`` of those users (their mean is the test score), which
+    the retraining gate compares instead of fitting the same configuration again.
     """
 
     best_class_name: str
@@ -177,6 +180,7 @@ class TuningResult:
     cutoff: int
     test_metrics: dict[str, float]
     trials: list[TrialRecord]
+    test_scores: FloatArray | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -621,6 +625,7 @@ def collect_study_result(
     best = max(scored, key=lambda r: (r.score, -r.number))
     params = dict(best.params)
     test_metrics: dict[str, float] = {}
+    test_scores: FloatArray | None = None
     if split.test_train is not None and split.test_truth is not None:
         with _maybe_quiet(spec.quiet):
             rec = recommender_class(best.algorithm)(split.test_train, **params).learn()
@@ -632,6 +637,13 @@ def collect_study_result(
                 ),
                 rec,
             )
+            test_scores = per_user_metric(
+                rec,
+                split.test_truth,
+                offset=split.test_offset,
+                cutoff=eval_spec.cutoff,
+                metric=eval_spec.target_metric,
+            )
     return TuningResult(
         best_class_name=best.algorithm,
         best_params=params,
@@ -640,6 +652,7 @@ def collect_study_result(
         cutoff=eval_spec.cutoff,
         test_metrics=test_metrics,
         trials=records,
+        test_scores=test_scores,
     )
 
 

@@ -24,6 +24,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from recotem.core.jobs import Heartbeat, JobStatus, heartbeat_interval, task_log
 from recotem.deployment.models import DeploymentSlot
 from recotem.deployment.services import slot_create, slot_model_change_refusal, slot_set_model
+from recotem.ml.splitspec import SplitSpec, split_spec_from_config
 from recotem.projects.models import DataSource, TrainingData
 from recotem.projects.selectors import read_training_data
 from recotem.projects.sources import source_read
@@ -38,11 +39,14 @@ from recotem.training.services import (
     trained_model_record_metrics,
     trained_model_train,
 )
-from recotem.tuning.services import split_spec_of, tuning_job_create, tuning_job_run
+from recotem.tuning.models import ParameterTuningJob
+from recotem.tuning.services import eval_spec_of, split_spec_of, tuning_job_create, tuning_job_run
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
     from recotem.ml.evaluation import EvalSpec
-    from recotem.ml.split import SplitSpec
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +255,7 @@ def _pipeline(run: RetrainingRun, watch: _Watch, timings: dict[str, Any]) -> Non
     # 2. Retune, warm-started from the configuration that produced the previous model.
     configuration = schedule.model_configuration
     trained: TrainedModel | None = None
+    job: ParameterTuningJob | None = None
     if schedule.retune:
         with _stage(run, watch, timings, "tune"):
             warm = None
@@ -310,7 +315,7 @@ def _pipeline(run: RetrainingRun, watch: _Watch, timings: dict[str, Any]) -> Non
             gate_report=_report(reason="auto_deploy is off: nothing is deployed."),
         )
     else:
-        _gate_and_deploy(run, watch, timings, schedule, data, trained, previous)
+        _gate_and_deploy(run, watch, timings, schedule, data, trained, previous, job)
     try:
         project_retain(project_id=schedule.project_id)
     except Exception:  # retention is housekeeping: never fail a finished run for it
@@ -383,6 +388,7 @@ def _gate_and_deploy(
     data: TrainingData,
     trained: TrainedModel,
     previous: RetrainingRun | None,
+    tuned: ParameterTuningJob | None,
 ) -> None:
     """Score candidate and incumbent fairly (ml.gate), then deploy only if the run is still ours
     and the slot still serves the model the gate compared against."""
@@ -404,6 +410,7 @@ def _gate_and_deploy(
             evaluation=spec,
             tolerance=schedule.gate_tolerance,
             with_candidate_metrics=not trained.test_metrics,
+            candidate_scores=_tuned_test_scores(tuned, schedule, data, trained),
             **schedule.project.columns,
         )
         del df
@@ -498,6 +505,32 @@ def _gate_and_deploy(
         raise RunFenced(f"run #{run.pk} was ended before it could deploy")
 
 
+def _tuned_test_scores(
+    job: ParameterTuningJob | None,
+    schedule: RetrainingSchedule,
+    data: TrainingData,
+    trained: TrainedModel,
+) -> npt.NDArray[np.float64] | None:
+    """The tuning job's per-user test scores of the candidate, when they were made on the very
+    holdout the gate scores (same data, split and metric; the job's best configuration)."""
+    if job is None:
+        return None
+    job = ParameterTuningJob.objects.select_related("split", "evaluation").get(pk=job.pk)
+    if job.test_scores is None:
+        return None
+    same_holdout = (
+        job.best_config_id == trained.configuration_id
+        and job.data_id == data.pk == trained.data_loc_id
+        and split_spec_of(job.split) == _split_spec(schedule)
+        and eval_spec_of(job.evaluation) == _eval_spec(schedule)
+    )
+    if not same_holdout:
+        return None
+    import numpy as np  # the run's worker side; beat imports this module too
+
+    return np.frombuffer(bytes(job.test_scores), dtype=np.float64)
+
+
 def _gate_gives_test_metrics(schedule: RetrainingSchedule) -> bool:
     """Whether the gate will score the candidate on test users (it scores validation users
     when the split has none, and those are no test score)."""
@@ -512,7 +545,5 @@ def _gate_gives_test_metrics(schedule: RetrainingSchedule) -> bool:
 def _split_spec(schedule: RetrainingSchedule) -> SplitSpec:
     """The schedule's split, mapped exactly as tuning maps it (the default split config if none)."""
     if schedule.split_config is None:
-        from recotem.ml.split import split_spec_from_config
-
         return split_spec_from_config()
     return split_spec_of(schedule.split_config)

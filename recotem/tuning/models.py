@@ -109,6 +109,9 @@ class ParameterTuningJob(models.Model):
     )
     best_score = models.FloatField(null=True, blank=True)
     test_metrics = models.JSONField(default=dict, blank=True)
+    # The best configuration's per-user target metric on the test users (float64 bytes, row
+    # order of the split): a retraining run's gate compares these instead of refitting it.
+    test_scores = models.BinaryField(null=True, blank=True, editable=False)
     # Seconds per phase, summed over the job's tasks (read, split, fit = trials, evaluate, refit).
     timings = models.JSONField(default=dict, blank=True, editable=False)
     tuned_model = models.ForeignKey(

@@ -528,6 +528,7 @@ def _finish(job: ParameterTuningJob, timer: PhaseTimer) -> ParameterTuningJob:
         best_config=config,
         best_score=result.best_score,
         test_metrics=result.test_metrics,
+        test_scores=None if result.test_scores is None else result.test_scores.tobytes(),
         trials_done=TuningTrial.objects.filter(job=job).count(),
     )
     task_log(

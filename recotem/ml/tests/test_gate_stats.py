@@ -192,6 +192,29 @@ def test_it_passes_identical_configurations_refitted(log: pd.DataFrame) -> None:
     assert on_validation.candidate_metrics is None and on_validation.n_eval_users > 0
 
 
+def test_it_takes_the_candidates_scores_instead_of_fitting_it_again(log: pd.DataFrame) -> None:
+    settings: dict[str, Any] = {
+        "candidate": ("IALS", {"n_components": 8, "train_epochs": 5, "n_threads": 1}),
+        "incumbent": ("TopPop", {}),
+        "split": SplitSpec(heldout_ratio=0.3, test_user_ratio=0.4),
+        "evaluation": EvalSpec(cutoff=5),
+        "tolerance": 0.0,
+        "user_column": "user",
+        "item_column": "item",
+    }
+    fitted = gate_compare(log, **settings)
+    n = fitted.n_eval_users
+    # Scores no fit could give (every user perfect) prove they were taken as they are.
+    given = gate_compare(log, **settings, candidate_scores=np.ones(n))
+    assert given.candidate_score == 1.0 and given.n_eval_users == n
+    assert given.incumbent_score == pytest.approx(fitted.incumbent_score)
+    assert "not fitted again" in given.reason and "not fitted again" not in fitted.reason
+    # Scores of other users (a different holdout) are not used: the candidate is fitted.
+    other = gate_compare(log, **settings, candidate_scores=np.ones(n + 1))
+    assert other.candidate_score == pytest.approx(fitted.candidate_score)
+    assert "not fitted again" not in other.reason
+
+
 def test_it_fails_the_floor_when_the_candidate_is_toppop(log: pd.DataFrame) -> None:
     report = gate_compare(
         log,

@@ -51,6 +51,13 @@ def test_it_tunes_and_reports_validation_and_test_scores(
     if result.best_class_name == "IALSRecommender":
         assert "train_epochs" in result.best_params and result.best_params["n_threads"] == 1
     validate_parameters(result.best_class_name, result.best_params)  # complete and valid
+    # One score per test user of the same refit: their mean is the test score, which is what
+    # lets the retraining gate compare them instead of fitting the winner again.
+    assert split.test_truth is not None and result.test_scores is not None
+    assert result.test_scores.shape == (int((np.diff(split.test_truth.indptr) > 0).sum()),)
+    assert float(result.test_scores.mean()) == pytest.approx(
+        result.test_metrics[f"{eval_spec.target_metric}@{eval_spec.cutoff}"]
+    )
 
 
 def test_it_is_reproducible_for_a_fixed_seed(split: SplitData, eval_spec: EvalSpec) -> None:

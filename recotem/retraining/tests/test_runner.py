@@ -16,6 +16,7 @@ from recotem.retraining import runs, schedules
 from recotem.retraining.models import RetrainingRun
 from recotem.retraining.runner import run_execute
 from recotem.training.models import ModelConfiguration
+from recotem.tuning.models import EvaluationConfig, SplitConfig
 
 # A run beats its heartbeat from a second thread (its own connection), which sees only committed
 # rows: inside a test transaction it would find no run and fence itself.
@@ -120,6 +121,35 @@ def test_it_deploys_equal_models_every_time_and_rejects_a_worse_one(
     assert worse.incumbent_metrics["model_id"] == deployed
     slot.refresh_from_db()
     assert slot.trained_model_id == deployed
+
+
+def test_a_retune_run_gates_on_the_tuning_jobs_test_scores_without_refitting(
+    project: Project, ml100k_csv: Path, split: SplitConfig, evaluation: EvaluationConfig
+) -> None:
+    training_data_create_from_frame_file(project=project, path=ml100k_csv, name="ml100k.csv")
+    schedule = schedules.schedule_create(
+        project=project,
+        cron_expression="0 3 * * *",
+        retune=True,
+        split_config=split,
+        evaluation_config=evaluation,
+        n_trials=2,
+        tried_algorithms=["IALSRecommender", "RP3betaRecommender"],
+        auto_deploy=True,
+    )
+    run = _run(schedule)
+    assert run.status == "COMPLETED", run.error_message
+    job = run.tuning_job
+    assert job is not None and job.test_scores is not None
+    assert run.trained_model is not None and run.trained_model.configuration == job.best_config
+    # The gate decided on the tuning job's per-user test scores of the winner: the same users
+    # and the same mean as its test score, and it says it did not fit the winner again.
+    label = f"{evaluation.target_metric}@{evaluation.cutoff}"
+    assert run.gate_report["metric"] == label
+    assert run.gate_report["candidate_score"] == pytest.approx(job.test_metrics[label])
+    assert run.gate_report["n_eval_users"] * 8 == len(job.test_scores)
+    assert "not fitted again" in run.gate_report["reason"], run.gate_report
+    assert run.metrics == job.test_metrics == run.trained_model.test_metrics
 
 
 def test_a_run_without_data_fails_without_retry(project: Project, ials: ModelConfiguration) -> None:

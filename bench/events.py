@@ -15,19 +15,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from inference import LUA, wrk  # noqa: E402
+from inference import LUA, ml100k_workdir, wrk  # noqa: E402
 
-from conftest import ML100K  # noqa: E402  (finds shared/data from a worktree too)
 from recotem.inference.testing import free_port, isolated_env, run_cli, start_server, stop_server  # noqa: E402
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", "15"))
@@ -60,17 +57,7 @@ def _admin(sql: str) -> None:
 
 
 def main() -> str:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
-    if not ML100K.exists():
-        raise SystemExit(f"MovieLens-100k not found at {ML100K}")
-    tmp = Path(tempfile.mkdtemp(prefix="recotem-bench-events-"))
-    df = pd.read_csv(
-        ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"]
-    )
-    csv = tmp / "ml100k.csv"
-    df.to_csv(csv, index=False)
-    (tmp / "data").mkdir()
+    tmp, csv, df = ml100k_workdir("events")
     _admin(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
     _admin(f'CREATE DATABASE "{DB_NAME}"')
     env = isolated_env(tmp / "data", DATABASE_URL=PG + DB_NAME)

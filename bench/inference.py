@@ -113,18 +113,28 @@ def swap_under_load(env: dict[str, str], base: str, world: dict, script: Path) -
     }
 
 
-def main() -> str:
+def ml100k_workdir(name: str) -> tuple[Path, Path, pd.DataFrame]:
+    """A fresh temp dir holding MovieLens-100k as ``ml100k.csv`` (also returned as a frame) and an
+    empty ``data`` dir.
+
+    Exits when wrk or the data set is missing: both load benches need them.
+    """
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     if not ML100K.exists():
         raise SystemExit(f"MovieLens-100k not found at {ML100K}")
-    tmp = Path(tempfile.mkdtemp(prefix="recotem-bench-inference-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"recotem-bench-{name}-"))
     df = pd.read_csv(
         ML100K, sep="\t", header=None, names=["user_id", "item_id", "rating", "timestamp"]
     )
     csv = tmp / "ml100k.csv"
     df.to_csv(csv, index=False)
     (tmp / "data").mkdir()
+    return tmp, csv, df
+
+
+def main() -> str:
+    tmp, csv, df = ml100k_workdir("inference")
     env = isolated_env(tmp / "data")
     t0 = time.monotonic()
     world = json.loads(

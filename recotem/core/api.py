@@ -64,6 +64,13 @@ def current_value(
     return model_field.get_default()
 
 
+def bounded_int(bounds: tuple[int, int], *, allow_null: bool = False) -> serializers.IntegerField:
+    """An optional integer within a validation module's ``(low, high)`` bounds (400 outside)."""
+    return serializers.IntegerField(
+        min_value=bounds[0], max_value=bounds[1], required=False, allow_null=allow_null
+    )
+
+
 class OwnedPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField[Model]):
     """A related id that must belong to the caller: a foreign id is "does not exist" (400)."""
 

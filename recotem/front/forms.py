@@ -22,6 +22,7 @@ from recotem.projects.validation import (
 )
 from recotem.retraining.models import RetrainingSchedule
 from recotem.retraining.validation import FIELDS as SCHEDULE_FIELDS
+from recotem.retraining.validation import SETTINGS as SCHEDULE_SETTINGS
 from recotem.retraining.validation import validate_schedule
 from recotem.training.models import ModelConfiguration, TrainedModel
 from recotem.training.validation import validate_model_configuration
@@ -408,32 +409,7 @@ class ScheduleForm(forms.ModelForm[RetrainingSchedule]):
 
     class Meta:
         model = RetrainingSchedule
-        fields = [
-            "cron_expression",
-            "timezone",
-            "training_data",
-            "model_configuration",
-            "retune",
-            "split_config",
-            "evaluation_config",
-            "n_trials",
-            "timeout_overall",
-            "tried_algorithms",
-            "auto_deploy",
-            "deploy_slot",
-            "gate_tolerance",
-            "max_data_shrink",
-            "deploy_mode",
-            "canary_percent",
-            "canary_minutes",
-            "canary_metric",
-            "max_retries",
-            "retry_backoff_seconds",
-            "time_limit_seconds",
-            "notify_on_failure",
-            "webhook_url",
-            "is_enabled",
-        ]
+        fields = list(SCHEDULE_SETTINGS)
         labels = {
             "training_data": "Training Data",
             "model_configuration": "Model Configuration",

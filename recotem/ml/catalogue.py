@@ -6,7 +6,8 @@ irspack for that would pull numba and scipy (~150 MB) into a process that never 
 pydantic config classes, and the checks run on pydantic models built from it: the same
 coercions and messages as irspack's own classes. ``ml/tests/test_catalogue.py`` compares the
 table with irspack's registry, field by field, and fails when an irspack upgrade adds, drops or
-changes a recommender, a parameter, a type or a default.
+changes a recommender, a parameter, a type or a default. Recommenders irspack registers only
+when an optional package is installed (BPRFM with lightfm, MultVAE with jax) are not offered.
 """
 
 from __future__ import annotations

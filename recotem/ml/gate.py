@@ -9,7 +9,8 @@ Steps of :func:`gate_compare`:
 
 1. Split the data once (the split's test users; its validation users when it has none).
 2. Fit the candidate, the incumbent (unless :func:`same_configuration` says they are the same)
-   and TopPop on the same training part.
+   and TopPop on the same training part. A candidate whose :class:`HeldOutScores` for this
+   very holdout are given (a tuning job's test refit) is not fitted again.
 3. Score every evaluated user (a user with at least one held-out interaction) for each model
    with :func:`per_user_metric`: ``target_metric@cutoff`` from
    ``get_score_remove_seen`` ranked exactly as irspack's ``Evaluator`` ranks, so the mean of the
@@ -38,7 +39,10 @@ and with very few users it is *less* reliable than t (it under-covers). The Mont
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -54,6 +58,8 @@ from scipy import stats
 from .evaluation import EvalSpec, make_evaluator, metrics_of
 from .registry import canonical_name, recommender_class, validate_parameters
 from .split import SplitSpec, split_interactions
+
+logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 PER_USER_METRICS: tuple[str, ...] = ("ndcg", "map", "recall", "hit", "precision")
@@ -90,6 +96,42 @@ class GateReport:
         values = asdict(self)
         del values["candidate_metrics"]
         return values
+
+
+def holdout_digest(train_shape: tuple[int, int], truth: sps.csr_matrix, offset: int) -> str:
+    """Names one holdout: which rows of a ``train_shape`` matrix are scored, against which
+    held-out items (equal digests: the same users, in the same order, with the same truth)."""
+    csr = sps.csr_matrix(truth)
+    digest = hashlib.sha256(json.dumps([list(train_shape), list(csr.shape), offset]).encode())
+    digest.update(np.asarray(csr.indptr, dtype="<i8").tobytes())
+    digest.update(np.asarray(csr.indices, dtype="<i8").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class HeldOutScores:
+    """One fitted model's per-user ``metric`` (``"ndcg@10"``) on the holdout ``holdout`` names
+    (:func:`holdout_digest`), in :func:`per_user_metric`'s order: what lets a later gate take
+    them instead of fitting the same configuration on the same training part again."""
+
+    metric: str
+    holdout: str
+    values: FloatArray
+
+    def to_bytes(self) -> bytes:
+        """A JSON header line, then the values as little-endian float64."""
+        header = json.dumps({"metric": self.metric, "holdout": self.holdout}).encode()
+        return header + b"\n" + np.asarray(self.values, dtype="<f8").tobytes()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> HeldOutScores:
+        header, _, values = raw.partition(b"\n")
+        meta = json.loads(header)
+        return cls(
+            metric=str(meta["metric"]),
+            holdout=str(meta["holdout"]),
+            values=np.frombuffer(values, dtype="<f8").astype(np.float64),
+        )
 
 
 # --------------------------------------------------------------------------- configurations
@@ -347,7 +389,7 @@ def gate_compare(
     time_column: str | None = None,
     confidence: float = 0.95,
     with_candidate_metrics: bool = False,
-    candidate_scores: npt.ArrayLike | None = None,
+    candidate_scores: HeldOutScores | None = None,
 ) -> GateReport:
     """Refit candidate, incumbent and TopPop on one split of ``df`` and decide (see module doc).
 
@@ -359,10 +401,10 @@ def gate_compare(
     ``with_candidate_metrics`` adds the candidate's ndcg/map/recall/hit/precision at the cutoff
     and at 10 (irspack's Evaluator on the same held-out test users) to the report, for one or
     two more scoring passes; none when the split has no test users.
-    ``candidate_scores`` are the candidate's per-user scores on this split's test users from an
-    earlier fit of the same configuration on the same training part (a tuning job's test
-    refit): the candidate is then not fitted again. They are used only when the split has test
-    users and there is one score per evaluated user; otherwise the candidate is fitted.
+    ``candidate_scores`` are the candidate's per-user scores from an earlier fit of the same
+    configuration on the same data (a tuning job's test refit): they are used, and the
+    candidate not fitted again, only when they are for this split's test users and this
+    metric (same :func:`holdout_digest`); otherwise the candidate is fitted.
     """
     evaluation.validate()
     if tolerance < 0 or not 0.0 < confidence < 1.0:
@@ -399,11 +441,16 @@ def gate_compare(
         return fitted[key]
 
     reused = False
-    if candidate_scores is not None and data.test_truth is not None:
-        given = np.asarray(candidate_scores, dtype=np.float64)
-        if given.shape == (_evaluated_users(truth),):
-            fitted[_key(candidate)] = given
+    if candidate_scores is not None:
+        here = holdout_digest(X.shape, truth, offset) if data.test_truth is not None else None
+        if (candidate_scores.holdout, candidate_scores.metric) == (here, label):
+            fitted[_key(candidate)] = candidate_scores.values
             reused = True
+        else:
+            logger.warning(
+                "the candidate's stored %s scores are for another holdout: fitting it",
+                candidate_scores.metric,
+            )
     same = same_configuration(candidate, incumbent)
     # Validation users (a split without test users) are no test score: no metrics then.
     family = with_candidate_metrics and data.test_truth is not None and not reused
@@ -428,8 +475,3 @@ def _key(config: tuple[str, Mapping[str, Any] | None]) -> str:
     """One key per distinct model: configurations that :func:`same_configuration` equates."""
     name = canonical_name(config[0])
     return repr((name, sorted(resolved_configuration(name, config[1]).items())))
-
-
-def _evaluated_users(truth: sps.csr_matrix) -> int:
-    """Users :func:`per_user_metric` scores: those with at least one held-out interaction."""
-    return int((np.diff(sps.csr_matrix(truth).indptr) > 0).sum())

@@ -53,7 +53,7 @@ from irspack.recommenders import BaseRecommender
 
 from .catalogue import DEFAULT_ALGORITHMS
 from .evaluation import EvalSpec, make_evaluator, metrics_of
-from .gate import FloatArray, per_user_metric
+from .gate import HeldOutScores, holdout_digest, per_user_metric
 from .registry import (
     accepted_parameters,
     available_recommenders,
@@ -168,9 +168,9 @@ class TuningResult:
     (fixed parameters and learnt ``train_epochs`` merged back).
     ``best_score`` is the validation score the search optimised (optimistic);
     ``test_metrics`` score the best configuration on test users the search never
-    saw (empty if the split has no test users); ``test_scores`` are the same fit's
-    per-user ``target_metric@cutoff`` of those users (their mean is the test score), which
-    the retraining gate compares instead of fitting the same configuration again.
+    saw (empty if the split has no test users); ``test_scores``, when asked for, are the
+    same fit's per-user ``target_metric@cutoff`` of those users (their mean is the test
+    score), which the retraining gate takes instead of fitting the winner again.
     """
 
     best_class_name: str
@@ -180,7 +180,7 @@ class TuningResult:
     cutoff: int
     test_metrics: dict[str, float]
     trials: list[TrialRecord]
-    test_scores: FloatArray | None = None
+    test_scores: HeldOutScores | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -593,8 +593,10 @@ def collect_study_result(
     storage: str | optuna.storages.BaseStorage | None = None,
     study_name: str | None = None,
     study: optuna.Study | None = None,
+    keep_test_scores: bool = False,
 ) -> TuningResult:
-    """Read the best trial of the study, then score it on the test users.
+    """Read the best trial of the study, then score it on the test users (and keep their
+    per-user scores with ``keep_test_scores``: one more scoring pass).
 
     Raises TuningError if no trial completed or every completed trial scored
     0 (usually too little validation data, or a cutoff too small to hit).
@@ -625,7 +627,7 @@ def collect_study_result(
     best = max(scored, key=lambda r: (r.score, -r.number))
     params = dict(best.params)
     test_metrics: dict[str, float] = {}
-    test_scores: FloatArray | None = None
+    test_scores: HeldOutScores | None = None
     if split.test_train is not None and split.test_truth is not None:
         with _maybe_quiet(spec.quiet):
             rec = recommender_class(best.algorithm)(split.test_train, **params).learn()
@@ -637,13 +639,20 @@ def collect_study_result(
                 ),
                 rec,
             )
-            test_scores = per_user_metric(
-                rec,
-                split.test_truth,
-                offset=split.test_offset,
-                cutoff=eval_spec.cutoff,
-                metric=eval_spec.target_metric,
-            )
+            if keep_test_scores:
+                test_scores = HeldOutScores(
+                    metric=f"{eval_spec.target_metric}@{eval_spec.cutoff}",
+                    holdout=holdout_digest(
+                        split.test_train.shape, split.test_truth, split.test_offset
+                    ),
+                    values=per_user_metric(
+                        rec,
+                        split.test_truth,
+                        offset=split.test_offset,
+                        cutoff=eval_spec.cutoff,
+                        metric=eval_spec.target_metric,
+                    ),
+                )
     return TuningResult(
         best_class_name=best.algorithm,
         best_params=params,

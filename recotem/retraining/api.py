@@ -18,6 +18,7 @@ from recotem.core.api import (
     OwnedModelViewSet,
     OwnedPrimaryKeyRelatedField,
     SameProjectMixin,
+    bounded_int,
     current_value,
     owned_queryset,
 )
@@ -29,12 +30,6 @@ from recotem.retraining.models import RetrainingRun, RetrainingSchedule, RunStat
 from recotem.training.models import ModelConfiguration
 from recotem.tuning.models import EvaluationConfig, SplitConfig
 from recotem.tuning.validation import N_TRIALS
-
-
-def _bounded_int(bounds: tuple[int, int], *, allow_null: bool = False) -> serializers.IntegerField:
-    return serializers.IntegerField(
-        min_value=bounds[0], max_value=bounds[1], required=False, allow_null=allow_null
-    )
 
 
 class RetrainingScheduleSerializer(
@@ -57,17 +52,17 @@ class RetrainingScheduleSerializer(
         queryset=DeploymentSlot.objects.all(), required=False, allow_null=True
     )
     tried_algorithms = serializers.ListField(child=serializers.CharField(), required=False)
-    n_trials = _bounded_int(N_TRIALS)
-    timeout_overall = _bounded_int(validation.TIMEOUT_OVERALL, allow_null=True)
+    n_trials = bounded_int(N_TRIALS)
+    timeout_overall = bounded_int(validation.TIMEOUT_OVERALL, allow_null=True)
     gate_tolerance = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     max_data_shrink = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
     deploy_mode = serializers.ChoiceField(choices=validation.DEPLOY_MODES, required=False)
-    canary_percent = _bounded_int(validation.CANARY_PERCENT)
-    canary_minutes = _bounded_int(validation.CANARY_MINUTES)
+    canary_percent = bounded_int(validation.CANARY_PERCENT)
+    canary_minutes = bounded_int(validation.CANARY_MINUTES)
     canary_metric = serializers.CharField(max_length=32, required=False)
-    max_retries = _bounded_int(validation.MAX_RETRIES)
-    retry_backoff_seconds = _bounded_int(validation.RETRY_BACKOFF_SECONDS)
-    time_limit_seconds = _bounded_int(validation.TIME_LIMIT_SECONDS)
+    max_retries = bounded_int(validation.MAX_RETRIES)
+    retry_backoff_seconds = bounded_int(validation.RETRY_BACKOFF_SECONDS)
+    time_limit_seconds = bounded_int(validation.TIME_LIMIT_SECONDS)
     webhook_url = serializers.CharField(max_length=2048, required=False, allow_blank=True)
     next_run_at = serializers.SerializerMethodField()
     next_runs = serializers.SerializerMethodField()
@@ -87,30 +82,7 @@ class RetrainingScheduleSerializer(
         fields = [
             "id",
             "project",
-            "is_enabled",
-            "cron_expression",
-            "timezone",
-            "training_data",
-            "model_configuration",
-            "retune",
-            "split_config",
-            "evaluation_config",
-            "n_trials",
-            "timeout_overall",
-            "tried_algorithms",
-            "auto_deploy",
-            "deploy_slot",
-            "gate_tolerance",
-            "max_data_shrink",
-            "deploy_mode",
-            "canary_percent",
-            "canary_minutes",
-            "canary_metric",
-            "max_retries",
-            "retry_backoff_seconds",
-            "time_limit_seconds",
-            "notify_on_failure",
-            "webhook_url",
+            *validation.SETTINGS,
             "last_run_at",
             "last_run_status",
             "next_run_at",

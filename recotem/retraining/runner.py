@@ -24,7 +24,6 @@ from django.db import DatabaseError, close_old_connections, connection
 from recotem.core.jobs import Heartbeat, JobStatus, heartbeat_interval, task_log
 from recotem.deployment.models import DeploymentSlot
 from recotem.deployment.services import slot_create, slot_model_change_refusal, slot_set_model
-from recotem.ml.splitspec import SplitSpec, split_spec_from_config
 from recotem.projects.models import DataSource, TrainingData
 from recotem.projects.selectors import read_training_data
 from recotem.projects.sources import source_read
@@ -43,10 +42,7 @@ from recotem.tuning.models import ParameterTuningJob
 from recotem.tuning.services import eval_spec_of, split_spec_of, tuning_job_create, tuning_job_run
 
 if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
-
-    from recotem.ml.evaluation import EvalSpec
+    from recotem.ml.gate import HeldOutScores
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +270,7 @@ def _pipeline(run: RetrainingRun, watch: _Watch, timings: dict[str, Any]) -> Non
                 train_after_tuning=True,
                 warm_start_config=warm,
                 enqueue=False,
+                keep_test_scores=schedule.auto_deploy,
             )
             runs.run_save(run, tuning_job=job)
             job = tuning_job_run(job_id=job.pk)
@@ -288,7 +285,11 @@ def _pipeline(run: RetrainingRun, watch: _Watch, timings: dict[str, Any]) -> Non
     if trained is None:
         with _stage(run, watch, timings, "train"):
             assert configuration is not None
-            trained = trained_model_create(configuration=configuration, data=data, enqueue=False)
+            # After a retune the tuning job's test score of this configuration is the model's.
+            known = dict(job.test_metrics) if job is not None and job.test_metrics else None
+            trained = trained_model_create(
+                configuration=configuration, data=data, enqueue=False, test_metrics=known
+            )
             runs.run_save(run, trained_model=trained)
             # With auto-deploy the gate fits this configuration on a holdout anyway: its
             # scores become the model's test metrics instead of a second holdout fit here.
@@ -348,13 +349,6 @@ def _report(**values: Any) -> dict[str, Any]:
     return {key: values.get(key) for key in GATE_REPORT_KEYS}
 
 
-def _eval_spec(schedule: RetrainingSchedule) -> EvalSpec:
-    from recotem.ml.evaluation import EvalSpec
-
-    ev = schedule.evaluation_config
-    return EvalSpec(cutoff=ev.cutoff, target_metric=ev.target_metric) if ev else EvalSpec()  # type: ignore[arg-type]
-
-
 def _trained_as(model: TrainedModel) -> tuple[str, dict[str, Any]]:
     """What a model was trained with (the configuration only for models older than that record)."""
     if model.class_name:
@@ -397,7 +391,7 @@ def _gate_and_deploy(
     slot = _target_slot(schedule)
     incumbent = slot.trained_model if slot is not None else None
     incumbent_id = incumbent.pk if incumbent is not None else None
-    spec = _eval_spec(schedule)
+    spec = eval_spec_of(schedule.evaluation_config)
     with _stage(run, watch, timings, "gate"):
         candidate = _trained_as(trained)
         compared = _trained_as(incumbent) if incumbent is not None else candidate
@@ -406,14 +400,16 @@ def _gate_and_deploy(
             df,
             candidate=candidate,
             incumbent=compared,
-            split=_split_spec(schedule),
+            split=split_spec_of(schedule.split_config),
             evaluation=spec,
             tolerance=schedule.gate_tolerance,
             with_candidate_metrics=not trained.test_metrics,
-            candidate_scores=_tuned_test_scores(tuned, schedule, data, trained),
+            candidate_scores=_tuned_test_scores(tuned, data, trained),
             **schedule.project.columns,
         )
         del df
+        if tuned is not None:  # used or not, they have served their one purpose
+            ParameterTuningJob.objects.filter(pk=tuned.pk).update(test_scores=None)
         if report.candidate_metrics and trained_model_record_metrics(
             trained_model_id=trained.pk, test_metrics=report.candidate_metrics
         ):
@@ -506,29 +502,21 @@ def _gate_and_deploy(
 
 
 def _tuned_test_scores(
-    job: ParameterTuningJob | None,
-    schedule: RetrainingSchedule,
-    data: TrainingData,
-    trained: TrainedModel,
-) -> npt.NDArray[np.float64] | None:
-    """The tuning job's per-user test scores of the candidate, when they were made on the very
-    holdout the gate scores (same data, split and metric; the job's best configuration)."""
+    job: ParameterTuningJob | None, data: TrainingData, trained: TrainedModel
+) -> HeldOutScores | None:
+    """The tuning job's per-user test scores of the candidate: of this configuration, fitted on
+    this data (the gate checks that they are for its own holdout and metric)."""
     if job is None:
         return None
-    job = ParameterTuningJob.objects.select_related("split", "evaluation").get(pk=job.pk)
-    if job.test_scores is None:
+    stored = ParameterTuningJob.objects.filter(
+        pk=job.pk, best_config_id=trained.configuration_id, data_id=data.pk
+    ).values_list("test_scores", flat=True)
+    raw = stored.first()
+    if raw is None or trained.data_loc_id != data.pk:
         return None
-    same_holdout = (
-        job.best_config_id == trained.configuration_id
-        and job.data_id == data.pk == trained.data_loc_id
-        and split_spec_of(job.split) == _split_spec(schedule)
-        and eval_spec_of(job.evaluation) == _eval_spec(schedule)
-    )
-    if not same_holdout:
-        return None
-    import numpy as np  # the run's worker side; beat imports this module too
+    from recotem.ml.gate import HeldOutScores  # numpy: the worker's side of this module
 
-    return np.frombuffer(bytes(job.test_scores), dtype=np.float64)
+    return HeldOutScores.from_bytes(bytes(raw))
 
 
 def _gate_gives_test_metrics(schedule: RetrainingSchedule) -> bool:
@@ -536,14 +524,7 @@ def _gate_gives_test_metrics(schedule: RetrainingSchedule) -> bool:
     when the split has none, and those are no test score)."""
     if not schedule.auto_deploy:
         return False
-    spec = _split_spec(schedule)
+    spec = split_spec_of(schedule.split_config)
     return (
         (spec.n_test_users or 0) > 0 if spec.n_test_users is not None else spec.test_user_ratio > 0
     )
-
-
-def _split_spec(schedule: RetrainingSchedule) -> SplitSpec:
-    """The schedule's split, mapped exactly as tuning maps it (the default split config if none)."""
-    if schedule.split_config is None:
-        return split_spec_from_config()
-    return split_spec_of(schedule.split_config)

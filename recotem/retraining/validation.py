@@ -28,12 +28,14 @@ CANARY_PERCENT = (1, 50)
 CANARY_MINUTES = (1, 30 * 24 * 60)
 DEPLOY_MODES = ("replace", "canary")
 
-# The keyword arguments of `validate_schedule` that are schedule fields.
-FIELDS = (
+# Everything a user sets on a schedule: the REST serializer and the web form both take these.
+SETTINGS = (
+    "is_enabled",
     "cron_expression",
     "timezone",
-    "retune",
+    "training_data",
     "model_configuration",
+    "retune",
     "split_config",
     "evaluation_config",
     "n_trials",
@@ -50,7 +52,13 @@ FIELDS = (
     "max_retries",
     "retry_backoff_seconds",
     "time_limit_seconds",
+    "notify_on_failure",
     "webhook_url",
+)
+# The settings `validate_schedule` checks together (its keyword arguments); the other three
+# are a flag, a reference checked for its project, and a plain boolean.
+FIELDS = tuple(
+    name for name in SETTINGS if name not in ("is_enabled", "training_data", "notify_on_failure")
 )
 
 

@@ -82,7 +82,7 @@ class ModelConfigurationViewSet(OwnedModelViewSet[ModelConfiguration]):
     )
     @action(detail=False, methods=["get"], pagination_class=None, filterset_class=None)
     def recommenders(self, request: Request) -> Response:
-        """The irspack recommender classes installed here (valid `recommender_class_name`s)."""
+        """The irspack recommender classes Recotem offers (valid `recommender_class_name`s)."""
         return Response({"recommenders": available_recommenders()})
 
 
@@ -100,26 +100,7 @@ class TrainedModelSerializer(SameProjectMixin, serializers.ModelSerializer[Train
 
     class Meta:
         model = TrainedModel
-        fields = [
-            "id",
-            "project",
-            "configuration",
-            "data_loc",
-            "recommender_class_name",
-            "class_name",
-            "parameters",
-            "status",
-            "filesize",
-            "test_metrics",
-            "timings",
-            "irspack_version",
-            "training_time",
-            "data_fingerprint",
-            "error",
-            "started_at",
-            "completed_at",
-            "created_at",
-        ]
+        # Written by training, never by a request: everything but what the model is made from.
         read_only_fields = [
             "id",
             "class_name",
@@ -135,6 +116,14 @@ class TrainedModelSerializer(SameProjectMixin, serializers.ModelSerializer[Train
             "started_at",
             "completed_at",
             "created_at",
+        ]
+        fields = [
+            "id",
+            "project",
+            "configuration",
+            "data_loc",
+            "recommender_class_name",
+            *(name for name in read_only_fields if name != "id"),
         ]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from recotem.core.api import (
     OwnedModelViewSet,
     OwnedPrimaryKeyRelatedField,
     SameProjectMixin,
+    bounded_int,
     current_value,
 )
 from recotem.projects.models import Project, TrainingData
@@ -35,29 +36,12 @@ def _project_field() -> OwnedPrimaryKeyRelatedField:
 class SplitConfigSerializer(serializers.ModelSerializer[SplitConfig]):
     project = _project_field()
     heldout_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    n_heldout = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        min_value=validation.SPLIT_N_HELDOUT[0],
-        max_value=validation.SPLIT_N_HELDOUT[1],
-    )
+    n_heldout = bounded_int(validation.SPLIT_N_HELDOUT, allow_null=True)
     test_user_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
     final_test_ratio = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
-    n_test_users = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        min_value=validation.SPLIT_N_TEST_USERS[0],
-        max_value=validation.SPLIT_N_TEST_USERS[1],
-    )
-    n_final_test_users = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        min_value=validation.SPLIT_N_FINAL_TEST_USERS[0],
-        max_value=validation.SPLIT_N_FINAL_TEST_USERS[1],
-    )
-    random_seed = serializers.IntegerField(
-        required=False, min_value=validation.RANDOM_SEED[0], max_value=validation.RANDOM_SEED[1]
-    )
+    n_test_users = bounded_int(validation.SPLIT_N_TEST_USERS, allow_null=True)
+    n_final_test_users = bounded_int(validation.SPLIT_N_FINAL_TEST_USERS, allow_null=True)
+    random_seed = bounded_int(validation.RANDOM_SEED)
 
     class Meta:
         model = SplitConfig
@@ -86,9 +70,7 @@ class SplitConfigSerializer(serializers.ModelSerializer[SplitConfig]):
 
 class EvaluationConfigSerializer(serializers.ModelSerializer[EvaluationConfig]):
     project = _project_field()
-    cutoff = serializers.IntegerField(
-        required=False, min_value=validation.CUTOFF[0], max_value=validation.CUTOFF[1]
-    )
+    cutoff = bounded_int(validation.CUTOFF)
 
     class Meta:
         model = EvaluationConfig
@@ -134,29 +116,11 @@ class ParameterTuningJobSerializer(
     warm_start_config = OwnedPrimaryKeyRelatedField(
         queryset=ModelConfiguration.objects.all(), required=False, allow_null=True
     )
-    n_trials = serializers.IntegerField(
-        required=False, min_value=validation.N_TRIALS[0], max_value=validation.N_TRIALS[1]
-    )
-    n_tasks_parallel = serializers.IntegerField(
-        required=False,
-        min_value=validation.N_TASKS_PARALLEL[0],
-        max_value=validation.N_TASKS_PARALLEL[1],
-    )
-    timeout_overall = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        min_value=validation.TIMEOUT[0],
-        max_value=validation.TIMEOUT[1],
-    )
-    timeout_singlestep = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        min_value=validation.TIMEOUT[0],
-        max_value=validation.TIMEOUT[1],
-    )
-    random_seed = serializers.IntegerField(
-        required=False, min_value=validation.RANDOM_SEED[0], max_value=validation.RANDOM_SEED[1]
-    )
+    n_trials = bounded_int(validation.N_TRIALS)
+    n_tasks_parallel = bounded_int(validation.N_TASKS_PARALLEL)
+    timeout_overall = bounded_int(validation.TIMEOUT, allow_null=True)
+    timeout_singlestep = bounded_int(validation.TIMEOUT, allow_null=True)
+    random_seed = bounded_int(validation.RANDOM_SEED)
     tried_algorithms = serializers.ListField(child=serializers.CharField(), required=False)
     progress = serializers.SerializerMethodField()
 
@@ -240,7 +204,7 @@ class ParameterTuningJobDetailSerializer(ParameterTuningJobSerializer):
 
 
 class ParameterTuningJobViewSet(OwnedModelViewSet[ParameterTuningJob]):
-    queryset = ParameterTuningJob.objects.select_related("project")
+    queryset = ParameterTuningJob.objects.select_related("project").defer("test_scores")
     serializer_class = ParameterTuningJobSerializer
     filterset_fields = ("project", "status", "data")
     http_method_names = ["get", "post", "delete", "head", "options"]

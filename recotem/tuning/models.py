@@ -109,8 +109,10 @@ class ParameterTuningJob(models.Model):
     )
     best_score = models.FloatField(null=True, blank=True)
     test_metrics = models.JSONField(default=dict, blank=True)
-    # The best configuration's per-user target metric on the test users (float64 bytes, row
-    # order of the split): a retraining run's gate compares these instead of refitting it.
+    # Kept only when asked (a retraining run that gates its result): the best configuration's
+    # per-user test scores (ml.gate.HeldOutScores bytes), which the gate takes instead of
+    # fitting it again; the run clears them once its gate has decided.
+    keep_test_scores = models.BooleanField(default=False, editable=False)
     test_scores = models.BinaryField(null=True, blank=True, editable=False)
     # Seconds per phase, summed over the job's tasks (read, split, fit = trials, evaluate, refit).
     timings = models.JSONField(default=dict, blank=True, editable=False)

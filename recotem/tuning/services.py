@@ -67,14 +67,18 @@ logger = logging.getLogger(__name__)
 # --- configurations ---------------------------------------------------------------------------
 
 
-def split_spec_of(split: SplitConfig) -> SplitSpec:
-    """The engine split of a split config (the one mapping: `split_spec_from_config`)."""
-    return split_spec_from_config(**split.settings)
+def split_spec_of(split: SplitConfig | None) -> SplitSpec:
+    """The engine split of a split config (the one mapping: `split_spec_from_config`); the
+    default split config's when there is none."""
+    return split_spec_from_config(**(split.settings if split is not None else {}))
 
 
-def eval_spec_of(evaluation: EvaluationConfig) -> EvalSpec:
+def eval_spec_of(evaluation: EvaluationConfig | None) -> EvalSpec:
+    """The engine evaluation of an evaluation config (ndcg@10 when there is none)."""
     from recotem.ml.evaluation import EvalSpec
 
+    if evaluation is None:
+        return EvalSpec()
     return EvalSpec(cutoff=evaluation.cutoff, target_metric=evaluation.target_metric)  # type: ignore[arg-type]
 
 
@@ -96,8 +100,11 @@ def tuning_job_create(
     train_after_tuning: bool = True,
     warm_start_config: ModelConfiguration | None = None,
     enqueue: bool = True,
+    keep_test_scores: bool = False,
 ) -> ParameterTuningJob:
-    """Validate and create a PENDING job; `run_tuning_job` is sent on commit when `enqueue`."""
+    """Validate and create a PENDING job; `run_tuning_job` is sent on commit when `enqueue`.
+
+    `keep_test_scores`: keep the winner's per-user test scores for a gate that follows."""
     check_same_project(
         project.pk,
         data=data,
@@ -130,6 +137,7 @@ def tuning_job_create(
         train_after_tuning=train_after_tuning,
         warm_start_config=warm_start_config,
         send_pending=enqueue,
+        keep_test_scores=keep_test_scores,
     )
     if enqueue:
         TUNING_OUTBOX.send_on_commit(job.pk)
@@ -502,6 +510,7 @@ def _finish(job: ParameterTuningJob, timer: PhaseTimer) -> ParameterTuningJob:
                 _tuning_spec(job),
                 storage=study_storage(job),
                 study_name=study_name(job),
+                keep_test_scores=job.keep_test_scores,
             )
     except TuningError as exc:
         study_delete(job)
@@ -528,7 +537,7 @@ def _finish(job: ParameterTuningJob, timer: PhaseTimer) -> ParameterTuningJob:
         best_config=config,
         best_score=result.best_score,
         test_metrics=result.test_metrics,
-        test_scores=None if result.test_scores is None else result.test_scores.tobytes(),
+        test_scores=None if result.test_scores is None else result.test_scores.to_bytes(),
         trials_done=TuningTrial.objects.filter(job=job).count(),
     )
     task_log(

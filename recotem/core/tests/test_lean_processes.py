@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -120,50 +121,43 @@ def _use_the_algorithm_catalogue(client: httpx.Client, base: str, project: int, 
     (refused and accepted), queue a tuning job, render the forms that offer them."""
     names = client.get("/api/v1/model_configuration/recommenders/").json()["recommenders"]
     assert "IALSRecommender" in names and "TopPopRecommender" in names
-    refused = client.post(
-        "/api/v1/model_configuration/",
-        json={
-            "project": project,
-            "name": "typo",
-            "recommender_class_name": "IALS",
-            "parameters_json": {"n_component": 8},
-        },
-    )
+
+    def configuration(name: str, parameters: dict[str, Any]) -> httpx.Response:
+        return client.post(
+            "/api/v1/model_configuration/",
+            json={
+                "project": project,
+                "name": name,
+                "recommender_class_name": "IALS",
+                "parameters_json": parameters,
+            },
+        )
+
+    refused = configuration("typo", {"n_component": 8})
     assert refused.status_code == 400, refused.text
     assert "n_component: unknown parameter" in refused.json()["parameters_json"][0]
-    accepted = client.post(
-        "/api/v1/model_configuration/",
-        json={
-            "project": project,
-            "name": "ials",
-            "recommender_class_name": "IALS",
-            "parameters_json": {"n_components": "8"},
-        },
-    )
+    accepted = configuration("ials", {"n_components": "8"})
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["parameters_json"] == {"n_components": 8}
+
     split = client.post("/api/v1/split_config/", json={"project": project, "scheme": "RG"})
     evaluation = client.post("/api/v1/evaluation_config/", json={"project": project, "cutoff": 10})
-    job = client.post(
-        "/api/v1/parameter_tuning_job/",
-        json={
-            "data": data,
-            "split": split.json()["id"],
-            "evaluation": evaluation.json()["id"],
-            "n_trials": 2,
-            "tried_algorithms": ["IALS", "TopPop"],
-        },
-    )
-    assert job.status_code == 201, job.text
-    unknown = client.post(
-        "/api/v1/parameter_tuning_job/",
-        json={
-            "data": data,
-            "split": split.json()["id"],
-            "evaluation": evaluation.json()["id"],
-            "tried_algorithms": ["DeepMagic"],
-        },
-    )
+
+    def tuning_job(algorithms: list[str]) -> httpx.Response:
+        return client.post(
+            "/api/v1/parameter_tuning_job/",
+            json={
+                "data": data,
+                "split": split.json()["id"],
+                "evaluation": evaluation.json()["id"],
+                "n_trials": 2,
+                "tried_algorithms": algorithms,
+            },
+        )
+
+    queued = tuning_job(["IALS", "TopPop"])
+    assert queued.status_code == 201, queued.text
+    unknown = tuning_job(["DeepMagic"])
     assert unknown.status_code == 400 and "DeepMagic" in unknown.text, unknown.text
     with httpx.Client(base_url=base, timeout=60) as browser:
         browser.get("/login/")

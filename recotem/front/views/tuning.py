@@ -26,8 +26,10 @@ ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
 def _page(
     request: AuthenticatedHttpRequest, project: Project, status: int = 200, **forms: Any
 ) -> HttpResponse:
-    jobs = ParameterTuningJob.objects.filter(project=project).select_related(
-        "best_config", "evaluation", "data"
+    jobs = (
+        ParameterTuningJob.objects.filter(project=project)
+        .select_related("best_config", "evaluation", "data")
+        .defer("test_scores")  # a retraining gate's input, never shown
     )
     context = project_context(
         project,
@@ -96,7 +98,7 @@ def _job_context(request: AuthenticatedHttpRequest, pk: int, job_id: int) -> dic
     job = get_object_or_404(
         ParameterTuningJob.objects.select_related(
             "best_config", "evaluation", "split", "data", "tuned_model"
-        ),
+        ).defer("test_scores"),
         pk=job_id,
         project=project,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,11 @@ from irspack import Evaluator
 from recotem.ml.evaluation import EvalSpec
 from recotem.ml.gate import (
     GateReport,
+    HeldOutScores,
     confidently_worse,
     decide,
     gate_compare,
+    holdout_digest,
     paired_t_interval,
     per_user_metric,
     same_configuration,
@@ -192,27 +195,51 @@ def test_it_passes_identical_configurations_refitted(log: pd.DataFrame) -> None:
     assert on_validation.candidate_metrics is None and on_validation.n_eval_users > 0
 
 
-def test_it_takes_the_candidates_scores_instead_of_fitting_it_again(log: pd.DataFrame) -> None:
+def test_it_takes_the_candidates_scores_for_its_own_holdout_instead_of_fitting_it(
+    log: pd.DataFrame,
+) -> None:
+    split = SplitSpec(heldout_ratio=0.3, test_user_ratio=0.4)
     settings: dict[str, Any] = {
         "candidate": ("IALS", {"n_components": 8, "train_epochs": 5, "n_threads": 1}),
         "incumbent": ("TopPop", {}),
-        "split": SplitSpec(heldout_ratio=0.3, test_user_ratio=0.4),
+        "split": split,
         "evaluation": EvalSpec(cutoff=5),
         "tolerance": 0.0,
         "user_column": "user",
         "item_column": "item",
     }
     fitted = gate_compare(log, **settings)
-    n = fitted.n_eval_users
-    # Scores no fit could give (every user perfect) prove they were taken as they are.
-    given = gate_compare(log, **settings, candidate_scores=np.ones(n))
-    assert given.candidate_score == 1.0 and given.n_eval_users == n
+    data = split_interactions(log, split, user_column="user", item_column="item")
+    assert data.test_train is not None and data.test_truth is not None
+    here = holdout_digest(data.test_train.shape, data.test_truth, data.test_offset)
+    # Scores no fit could give (every user perfect) show that they were taken as they are.
+    perfect = np.ones(fitted.n_eval_users)
+    given = gate_compare(log, **settings, candidate_scores=HeldOutScores("ndcg@5", here, perfect))
+    assert given.candidate_score == 1.0 and given.n_eval_users == fitted.n_eval_users
     assert given.incumbent_score == pytest.approx(fitted.incumbent_score)
     assert "not fitted again" in given.reason and "not fitted again" not in fitted.reason
-    # Scores of other users (a different holdout) are not used: the candidate is fitted.
-    other = gate_compare(log, **settings, candidate_scores=np.ones(n + 1))
-    assert other.candidate_score == pytest.approx(fitted.candidate_score)
-    assert "not fitted again" not in other.reason
+    # Scores of another holdout (another seed's users) or of another metric: fitted instead.
+    other = split_interactions(
+        log, replace(split, random_seed=7), user_column="user", item_column="item"
+    )
+    assert other.test_train is not None and other.test_truth is not None
+    elsewhere = holdout_digest(other.test_train.shape, other.test_truth, other.test_offset)
+    assert elsewhere != here
+    for scores in (
+        HeldOutScores("ndcg@5", elsewhere, perfect),
+        HeldOutScores("ndcg@10", here, perfect),
+    ):
+        refitted = gate_compare(log, **settings, candidate_scores=scores)
+        assert refitted.candidate_score == pytest.approx(fitted.candidate_score)
+        assert "not fitted again" not in refitted.reason
+
+
+def test_held_out_scores_survive_their_bytes_exactly() -> None:
+    scores = HeldOutScores("map@20", "sha256:ab", np.array([0.0, 1 / 3, 0.125, 1.0]))
+    back = HeldOutScores.from_bytes(scores.to_bytes())
+    assert (back.metric, back.holdout) == ("map@20", "sha256:ab")
+    np.testing.assert_array_equal(back.values, scores.values)
+    assert back.values.dtype == np.float64
 
 
 def test_it_fails_the_floor_when_the_candidate_is_toppop(log: pd.DataFrame) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,8 @@ import scipy.sparse as sps
 from irspack import IALSRecommender
 
 from recotem.ml.evaluation import EvalSpec
-from recotem.ml.registry import available_recommenders, validate_parameters
+from recotem.ml.gate import holdout_digest, per_user_metric
+from recotem.ml.registry import available_recommenders, recommender_class, validate_parameters
 from recotem.ml.split import SplitData
 from recotem.ml.tuning import (
     TrialRecord,
@@ -51,13 +54,36 @@ def test_it_tunes_and_reports_validation_and_test_scores(
     if result.best_class_name == "IALSRecommender":
         assert "train_epochs" in result.best_params and result.best_params["n_threads"] == 1
     validate_parameters(result.best_class_name, result.best_params)  # complete and valid
-    # One score per test user of the same refit: their mean is the test score, which is what
-    # lets the retraining gate compare them instead of fitting the winner again.
-    assert split.test_truth is not None and result.test_scores is not None
-    assert result.test_scores.shape == (int((np.diff(split.test_truth.indptr) > 0).sum()),)
-    assert float(result.test_scores.mean()) == pytest.approx(
-        result.test_metrics[f"{eval_spec.target_metric}@{eval_spec.cutoff}"]
+    assert result.test_scores is None  # kept only when asked for
+
+
+def test_it_keeps_the_winners_per_user_test_scores_when_asked(
+    split: SplitData, eval_spec: EvalSpec
+) -> None:
+    spec = fast_spec()
+    study = prepare_study(split, eval_spec, spec)
+    run_study_trials(split, eval_spec, spec, study=study)
+    result = collect_study_result(split, eval_spec, spec, study=study, keep_test_scores=True)
+    scores = result.test_scores
+    assert scores is not None and split.test_train is not None and split.test_truth is not None
+    label = f"{eval_spec.target_metric}@{eval_spec.cutoff}"
+    assert scores.metric == label
+    assert scores.holdout == holdout_digest(
+        split.test_train.shape, split.test_truth, split.test_offset
     )
+    # Exactly what the gate would compute for the winner refitted on the same training part.
+    refit = recommender_class(result.best_class_name)(split.test_train, **result.best_params)
+    with contextlib.redirect_stdout(io.StringIO()):
+        refit.learn()
+    again = per_user_metric(
+        refit,
+        split.test_truth,
+        offset=split.test_offset,
+        cutoff=eval_spec.cutoff,
+        metric=eval_spec.target_metric,
+    )
+    np.testing.assert_allclose(scores.values, again, rtol=1e-6)
+    assert float(scores.values.mean()) == pytest.approx(result.test_metrics[label])
 
 
 def test_it_is_reproducible_for_a_fixed_seed(split: SplitData, eval_spec: EvalSpec) -> None:

@@ -6,17 +6,19 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from recotem.deployment.models import DeploymentSlot
+from recotem.ml.gate import HeldOutScores
 from recotem.projects.models import DataSource, Project, TrainingData
 from recotem.projects.services import training_data_create_from_frame_file
 from recotem.retraining import runs, schedules
 from recotem.retraining.models import RetrainingRun
-from recotem.retraining.runner import run_execute
-from recotem.training.models import ModelConfiguration
-from recotem.tuning.models import EvaluationConfig, SplitConfig
+from recotem.retraining.runner import _tuned_test_scores, run_execute
+from recotem.training.models import ModelConfiguration, TrainedModel
+from recotem.tuning.models import EvaluationConfig, ParameterTuningJob, SplitConfig
 
 # A run beats its heartbeat from a second thread (its own connection), which sees only committed
 # rows: inside a test transaction it would find no run and fence itself.
@@ -140,16 +142,33 @@ def test_a_retune_run_gates_on_the_tuning_jobs_test_scores_without_refitting(
     run = _run(schedule)
     assert run.status == "COMPLETED", run.error_message
     job = run.tuning_job
-    assert job is not None and job.test_scores is not None
+    assert job is not None and job.keep_test_scores
     assert run.trained_model is not None and run.trained_model.configuration == job.best_config
-    # The gate decided on the tuning job's per-user test scores of the winner: the same users
-    # and the same mean as its test score, and it says it did not fit the winner again.
+    # The gate decided on the tuning job's per-user test scores of the winner (the same mean
+    # as its test score) and says it did not fit the winner again; then they are dropped.
     label = f"{evaluation.target_metric}@{evaluation.cutoff}"
     assert run.gate_report["metric"] == label
     assert run.gate_report["candidate_score"] == pytest.approx(job.test_metrics[label])
-    assert run.gate_report["n_eval_users"] * 8 == len(job.test_scores)
     assert "not fitted again" in run.gate_report["reason"], run.gate_report
+    assert job.test_scores is None
     assert run.metrics == job.test_metrics == run.trained_model.test_metrics
+
+    # Scores are offered to the gate only for the configuration and data they were made of.
+    kept = HeldOutScores("ndcg@10", "sha256:x", np.ones(3))
+    ParameterTuningJob.objects.filter(pk=job.pk).update(test_scores=kept.to_bytes())
+    data = run.training_data
+    assert data is not None
+    offered = _tuned_test_scores(job, data, run.trained_model)
+    assert offered is not None and offered.holdout == "sha256:x"
+    other_configuration = ModelConfiguration.objects.create(
+        project=project, name="other", recommender_class_name="TopPopRecommender"
+    )
+    other = TrainedModel.objects.create(
+        project=project, configuration=other_configuration, data_loc=data, status="COMPLETED"
+    )
+    assert _tuned_test_scores(job, data, other) is None
+    newer = training_data_create_from_frame_file(project=project, path=ml100k_csv, name="b.csv")
+    assert _tuned_test_scores(job, newer, run.trained_model) is None
 
 
 def test_a_run_without_data_fails_without_retry(project: Project, ials: ModelConfiguration) -> None:

@@ -248,3 +248,17 @@ def test_it_shows_the_webhook_secret_only_on_create_and_rotation(
     assert len(fresh) == 64 and fresh != secret
     assert RetrainingSchedule.objects.get(pk=sid).webhook_secret == fresh
     assert reader.post(f"{URL}{sid}/rotate_webhook_secret/").status_code == 403  # needs write
+
+
+def test_the_api_and_the_form_take_every_setting_the_validation_checks() -> None:
+    import inspect
+
+    from recotem.front.forms import ScheduleForm
+    from recotem.retraining.api import RetrainingScheduleSerializer
+    from recotem.retraining.validation import FIELDS, SETTINGS, validate_schedule
+
+    checked = set(inspect.signature(validate_schedule).parameters) - {"project"}
+    assert set(FIELDS) == checked
+    assert set(FIELDS) < set(SETTINGS)
+    assert set(SETTINGS) <= set(RetrainingScheduleSerializer.Meta.fields)
+    assert list(ScheduleForm.Meta.fields) == list(SETTINGS)
